@@ -1,0 +1,16 @@
+"""AdaMRA (adaptive multi-resolution linear attention) for fairseq, as a ``--user-dir`` plugin.
+
+Importing the package registers the ``adamra_transformer`` model and its
+architectures, the ``adamra_label_smoothed_cross_entropy`` criterion, and
+allow-lists the globals fairseq checkpoints need in torch's safe loader.
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint_safety import allow_fairseq_checkpoint_globals
+
+allow_fairseq_checkpoint_globals()
+
+from . import criterions, models, modules, ops  # noqa: E402,F401  (registers with fairseq)
+from .criterions import adamra_label_smoothed_cross_entropy  # noqa: E402,F401
+from .models import adamra_transformer  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Corpus building and text preparation for the translation recipes (no torch/fairseq needed)."""

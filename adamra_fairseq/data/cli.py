@@ -1,0 +1,129 @@
+"""Command line for the corpus steps used by ``examples/translation/*.sh``.
+
+    python -m adamra_fairseq.data debian --root EXTRACTED --out RAW_DIR
+    python -m adamra_fairseq.data tokenize --lang de [--lowercase] IN OUT [IN OUT ...]
+    python -m adamra_fairseq.data clean --langs de en IN_PREFIX OUT_PREFIX
+    python -m adamra_fairseq.data check-parallel --langs de en PREFIX [PREFIX ...]
+    python -m adamra_fairseq.data spm-train --vocab-size 8000 --model-prefix P FILE...
+    python -m adamra_fairseq.data spm-encode --model M IN OUT [IN OUT ...]
+
+Every problem is reported as one ``error:`` line with exit status 2.
+"""
+
+import argparse
+import os
+import sys
+
+from .corpus import CorpusError, check_parallel, count_lines, split_pairs, write_parallel
+from . import ding, libreoffice, text
+
+LIBREOFFICE_EN = "usr/share/libreoffice/help/en-US"
+LIBREOFFICE_DE = "usr/share/libreoffice/help/de"
+DING_FILE = "usr/share/trans/de-en"
+
+
+def _pairs_in_order(files):
+    """``(in, out)`` tuples from a flat ``IN OUT IN OUT`` list."""
+    if len(files) % 2:
+        raise CorpusError("expected pairs of input and output files (IN OUT [IN OUT ...])")
+    return list(zip(files[0::2], files[1::2]))
+
+
+def build_debian(root: str, out: str, valid_percent: float, test_percent: float) -> None:
+    """Writes train/valid/test-libreoffice/test-ding ``.de``/``.en`` files under ``out``."""
+    en_root = os.path.join(root, LIBREOFFICE_EN)
+    de_root = os.path.join(root, LIBREOFFICE_DE)
+    ding_path = os.path.join(root, DING_FILE)
+    for required in (en_root, de_root):
+        if not os.path.isdir(required):
+            raise CorpusError(f"missing directory: {required} (extract libreoffice-help-en-us and libreoffice-help-de there)")
+    count_lines(ding_path)
+    office = split_pairs(
+        libreoffice.aligned_pairs(en_root, de_root), valid_percent, test_percent
+    )
+    with open(ding_path, encoding="utf-8") as handle:
+        dictionary = split_pairs(ding.example_pairs(handle), valid_percent, test_percent)
+    os.makedirs(out, exist_ok=True)
+    outputs = {
+        "train": office["train"] + dictionary["train"],
+        "valid": office["valid"] + dictionary["valid"],
+        "test-libreoffice": office["test"],
+        "test-ding": dictionary["test"],
+    }
+    for name, pairs in outputs.items():
+        write_parallel(pairs, os.path.join(out, name), "de", "en")
+    print(
+        "sentence pairs: "
+        + ", ".join(f"{name} {len(pairs)}" for name, pairs in outputs.items())
+        + f" (LibreOffice train {len(office['train'])}, Ding train {len(dictionary['train'])})"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adamra_fairseq.data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    debian = commands.add_parser("debian", help="German-English pairs from extracted Debian packages")
+    debian.add_argument("--root", required=True, help="folder the .deb files were extracted into (dpkg-deb -x)")
+    debian.add_argument("--out", required=True, help="output folder for the raw split files")
+    debian.add_argument("--valid-percent", type=float, default=3.0)
+    debian.add_argument("--test-percent", type=float, default=5.0)
+
+    tokenize = commands.add_parser("tokenize", help="Moses tokenisation (sacremoses)")
+    tokenize.add_argument("--lang", required=True)
+    tokenize.add_argument("--lowercase", action="store_true")
+    tokenize.add_argument("files", nargs="+", metavar="IN OUT")
+
+    clean = commands.add_parser("clean", help="drop empty, long and badly length-matched pairs")
+    clean.add_argument("--langs", nargs=2, required=True, metavar=("SRC", "TGT"))
+    clean.add_argument("--min-len", type=int, default=1)
+    clean.add_argument("--max-len", type=int, default=175)
+    clean.add_argument("--ratio", type=float, default=1.5)
+    clean.add_argument("in_prefix")
+    clean.add_argument("out_prefix")
+
+    check = commands.add_parser("check-parallel", help="fail unless PREFIX.SRC and PREFIX.TGT are non-empty and aligned")
+    check.add_argument("--langs", nargs=2, required=True, metavar=("SRC", "TGT"))
+    check.add_argument("prefixes", nargs="+")
+
+    spm_train = commands.add_parser("spm-train", help="train a joint SentencePiece model")
+    spm_train.add_argument("--vocab-size", type=int, required=True)
+    spm_train.add_argument("--model-prefix", required=True)
+    spm_train.add_argument("files", nargs="+")
+
+    spm_encode = commands.add_parser("spm-encode", help="apply a SentencePiece model")
+    spm_encode.add_argument("--model", required=True)
+    spm_encode.add_argument("files", nargs="+", metavar="IN OUT")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "debian":
+            build_debian(args.root, args.out, args.valid_percent, args.test_percent)
+        elif args.command == "tokenize":
+            for in_path, out_path in _pairs_in_order(args.files):
+                count_lines(in_path)
+                text.tokenize_file(in_path, out_path, args.lang, args.lowercase)
+        elif args.command == "clean":
+            kept = text.clean_parallel(
+                args.in_prefix, args.out_prefix, args.langs, args.min_len, args.max_len, args.ratio
+            )
+            print(f"{args.out_prefix}: kept {kept} pairs")
+        elif args.command == "check-parallel":
+            for prefix in args.prefixes:
+                lines = check_parallel(f"{prefix}.{args.langs[0]}", f"{prefix}.{args.langs[1]}")
+                print(f"{prefix}: {lines} pairs")
+        elif args.command == "spm-train":
+            text.train_sentencepiece(args.files, args.model_prefix, args.vocab_size)
+        elif args.command == "spm-encode":
+            count_lines(args.model)
+            for in_path, out_path in _pairs_in_order(args.files):
+                count_lines(in_path)
+                text.encode_sentencepiece(args.model, in_path, out_path)
+    except (CorpusError, OSError, UnicodeDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Scoring ``fairseq-generate`` output with sacreBLEU against the raw references.
+
+    python -m adamra_fairseq.evaluation --data-bin DIR --subset test GENERATE_OUTPUT [--json OUT]
+
+Reads the hypotheses (``H-<id>`` lines, BPE already removed by
+``--remove-bpe``), checks that every sentence of the subset got exactly one,
+detokenises them the way the data was tokenised (``preprocessing.json``
+written by the recipes) and prints BLEU and chrF with their signatures.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List
+
+from sacrebleu.metrics import BLEU, CHRF
+
+
+class EvaluationError(Exception):
+    pass
+
+
+def read_hypotheses(generate_output: str) -> Dict[int, str]:
+    """``{sentence id: hypothesis}`` from fairseq-generate's ``H-id<TAB>score<TAB>text`` lines."""
+    hypotheses: Dict[int, str] = {}
+    with open(generate_output, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.startswith("H-"):
+                continue
+            fields = line.rstrip("\n").split("\t")
+            sentence_id = int(fields[0][2:])
+            if sentence_id in hypotheses:
+                raise EvaluationError(
+                    f"{generate_output}: sentence {sentence_id} has more than one hypothesis (use --nbest 1)"
+                )
+            hypotheses[sentence_id] = fields[2] if len(fields) > 2 else ""
+    return hypotheses
+
+
+def ordered_hypotheses(hypotheses: Dict[int, str], expected: int, source: str) -> List[str]:
+    """Hypotheses in sentence order; raises unless ids are exactly ``0 .. expected-1``."""
+    missing = sorted(set(range(expected)) - set(hypotheses))
+    if missing or len(hypotheses) != expected:
+        raise EvaluationError(
+            f"{source}: {len(hypotheses)} hypotheses for {expected} test sentences "
+            f"(missing ids {missing[:5]}...): generate with --required-batch-size-multiple 1 "
+            "and without --skip-invalid-size-inputs-valid-test"
+        )
+    return [hypotheses[index] for index in range(expected)]
+
+
+def detokenize(lines: List[str], tokenizer: str, lang: str) -> List[str]:
+    if tokenizer == "moses":
+        from sacremoses import MosesDetokenizer
+
+        detokenizer = MosesDetokenizer(lang=lang)
+        return [detokenizer.detokenize(line.split()) for line in lines]
+    return lines
+
+
+def evaluate(data_bin: str, subset: str, generate_output: str) -> dict:
+    """BLEU/chrF of one subset, with signatures and the test-set name."""
+    config_path = os.path.join(data_bin, "preprocessing.json")
+    if not os.path.isfile(config_path):
+        raise EvaluationError(f"missing {config_path}: binarise the data with examples/translation/prepare-*.sh")
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    reference_path = os.path.join(data_bin, f"{subset}.ref.{config['target_lang']}")
+    if not os.path.isfile(reference_path):
+        raise EvaluationError(f"missing reference {reference_path}: is '{subset}' a test subset of {data_bin}?")
+    with open(reference_path, encoding="utf-8") as handle:
+        references = [line.rstrip("\n") for line in handle]
+    hypotheses = ordered_hypotheses(read_hypotheses(generate_output), len(references), generate_output)
+    hypotheses = detokenize(hypotheses, config["tokenizer"], config["target_lang"])
+    lowercase = bool(config.get("lowercase"))
+    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    return {
+        "subset": subset,
+        "test_set": config.get("test_sets", {}).get(subset, subset),
+        "sentences": len(references),
+        "bleu": round(bleu_score.score, 2),
+        "chrf": round(chrf_score.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adamra_fairseq.evaluation", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-bin", required=True)
+    parser.add_argument("--subset", default="test")
+    parser.add_argument("--json", help="also write the scores to this JSON file")
+    parser.add_argument("generate_output")
+    args = parser.parse_args(argv)
+    try:
+        if not os.path.isfile(args.generate_output):
+            raise EvaluationError(f"missing file: {args.generate_output}")
+        result = evaluate(args.data_bin, args.subset, args.generate_output)
+    except (EvaluationError, OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{result['test_set']} ({result['sentences']} sentences): "
+          f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}")
+    print(f"  BLEU signature: {result['bleu_signature']}")
+    print(f"  chrF signature: {result['chrf_signature']}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The ``adamra_transformer`` model: fairseq's transformer with AdaMRA attention layers."""
+
+from typing import Optional
+
+import torch
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import (
+    TransformerConfig,
+    TransformerDecoderBase,
+    TransformerEncoderBase,
+    TransformerModel,
+    base_architecture,
+    transformer_iwslt_de_en,
+    transformer_wmt_en_de,
+)
+
+from ..modules.multires_attention import MultiResolutionAttention
+from ..modules.options import AdaMRAOptionError, add_adamra_args, fill_adamra_defaults, parse_adamra_options
+from ..modules.transformer_layers import AdaMRADecoderLayer, AdaMRAEncoderLayer
+
+BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
+
+
+class AdaMRAEncoder(TransformerEncoderBase):
+    def build_encoder_layer(self, cfg):
+        if cfg.checkpoint_activations:
+            raise ValueError("AdaMRA layers do not support --checkpoint-activations yet")
+        return AdaMRAEncoderLayer(cfg, return_fc=self.return_fc)
+
+
+class AdaMRADecoder(TransformerDecoderBase):
+    def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        if cfg.checkpoint_activations:
+            raise ValueError("AdaMRA layers do not support --checkpoint-activations yet")
+        return AdaMRADecoderLayer(cfg, no_encoder_attn)
+
+
+@register_model("adamra_transformer")
+class AdaMRATransformerModel(TransformerModel):
+    """Transformer whose attention is AdaMRA in the places ``--adamra-attention`` names."""
+
+    @staticmethod
+    def add_args(parser):
+        TransformerModel.add_args(parser)
+        add_adamra_args(parser)
+
+    @classmethod
+    def build_model(cls, args, task):
+        options = parse_adamra_options(args)
+        criterion = getattr(args, "criterion", None)
+        if options.balance_loss > 0 and criterion is not None and criterion != BALANCE_CRITERION:
+            raise AdaMRAOptionError(
+                f"--adamra-balance-loss needs --criterion {BALANCE_CRITERION} (got {criterion})"
+            )
+        return super().build_model(args, task)
+
+    @classmethod
+    def build_encoder(cls, args, src_dict, embed_tokens):
+        return AdaMRAEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens)
+
+    @classmethod
+    def build_decoder(cls, args, tgt_dict, embed_tokens):
+        cfg = TransformerConfig.from_namespace(args)
+        return AdaMRADecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+
+    def adamra_balance_loss(self) -> Optional[torch.Tensor]:
+        """Sum of the load-balancing losses of every AdaMRA attention in the last training forward."""
+        losses = [
+            module.balance_loss()
+            for module in self.modules()
+            if isinstance(module, MultiResolutionAttention) and module.balance_loss() is not None
+        ]
+        return torch.stack(losses).sum() if losses else None
+
+
+def _validated(args) -> None:
+    """Fills the AdaMRA defaults and stops the command with one line if a value is bad."""
+    fill_adamra_defaults(args)
+    try:
+        parse_adamra_options(args)
+    except AdaMRAOptionError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+@register_model_architecture("adamra_transformer", "adamra_transformer")
+def adamra_base_architecture(args):
+    base_architecture(args)
+    _validated(args)
+
+
+@register_model_architecture("adamra_transformer", "adamra_transformer_iwslt_de_en")
+def adamra_transformer_iwslt_de_en(args):
+    transformer_iwslt_de_en(args)
+    _validated(args)
+
+
+@register_model_architecture("adamra_transformer", "adamra_transformer_wmt_en_de")
+def adamra_transformer_wmt_en_de(args):
+    transformer_wmt_en_de(args)
+    _validated(args)
+
+
+def tiny_sizes(args):
+    """A 2+2-layer, 128-wide model for CPU demos and tests (8 heads so that 1,2,4,8 fits)."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 128)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 256)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 8)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 128)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 256)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 8)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+
+
+@register_model_architecture("adamra_transformer", "adamra_transformer_tiny")
+def adamra_transformer_tiny(args):
+    tiny_sizes(args)
+    base_architecture(args)
+    _validated(args)
+
+
+@register_model_architecture("transformer", "transformer_adamra_tiny_baseline")
+def transformer_adamra_tiny_baseline(args):
+    """The vanilla transformer with ``adamra_transformer_tiny``'s sizes, for like-for-like comparisons."""
+    tiny_sizes(args)
+    base_architecture(args)

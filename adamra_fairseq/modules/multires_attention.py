@@ -1,0 +1,233 @@
+"""``MultiResolutionAttention``: AdaMRA as a drop-in for fairseq's ``MultiheadAttention``.
+
+Which computation runs follows what fairseq passes in:
+
+* no ``attn_mask``, no incremental state: bidirectional (encoder self-attention,
+  cross-attention during training);
+* the decoder's triangular future mask: the chunked causal op;
+* ``incremental_state`` in self-attention: one recurrent step per position;
+* ``incremental_state`` with ``static_kv`` (cross-attention): the per-head
+  summaries ``(S, z)`` of the encoder output are computed at the first step,
+  cached, and reused by every later step.
+
+There is no attention-weight dropout (no weights exist; ``--attention-dropout``
+is ignored by AdaMRA layers). Attention weights are never materialised: ``forward`` returns ``None`` for
+them (fairseq's ``--print-alignment`` needs softmax cross-attention).
+"""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from fairseq.incremental_decoding_utils import with_incremental_state
+from torch import Tensor, nn
+
+from ..ops.bidirectional import attend_state, kv_state
+from ..ops.causal import causal_attention
+from ..ops.feature_maps import FEATURE_MAPS
+from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
+from ..ops.recurrent import causal_step, initial_state
+from .options import AdaMRAOptions
+from .resolution_gate import ResolutionGate
+
+_CROSS_STATE = ("kv", "k_sum")
+
+
+def is_future_mask(mask: Tensor, length: int) -> bool:
+    """True if ``mask`` is ``(T, T)`` with -inf strictly above the diagonal and 0 elsewhere."""
+    if mask.dim() != 2 or mask.shape != (length, length):
+        return False
+    above = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
+    blocked = torch.isinf(mask) & (mask < 0)
+    return bool(torch.equal(blocked, above)) and bool((mask[~above] == 0).all())
+
+
+@with_incremental_state
+class MultiResolutionAttention(nn.Module):
+    """Multi-resolution, query-adaptive kernel attention.
+
+    Args:
+        embed_dim: model width C; num_heads: H (the number of rates divides H).
+        options: validated AdaMRA options (rates, routing, feature map, ...).
+        kdim, vdim: widths of key/value inputs (cross-attention), default C.
+        self_attention / encoder_decoder_attention: as in fairseq.
+    Inputs are time-major: query ``(T, B, C)``, key/value ``(S, B, C)``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        options: AdaMRAOptions,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        self_attention: bool = False,
+        encoder_decoder_attention: bool = False,
+    ):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if num_heads % len(options.rates):
+            raise ValueError(f"{len(options.rates)} rates do not divide {num_heads} heads")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.kdim = kdim or embed_dim
+        self.vdim = vdim or embed_dim
+        self.self_attention = self_attention
+        self.encoder_decoder_attention = encoder_decoder_attention
+        self.options = options
+        self.rates = options.rates
+        self.heads_per_rate = num_heads // len(options.rates)
+        self.feature_map = FEATURE_MAPS[options.feature_map]
+        self.eps = options.eps
+        self.register_buffer(
+            "head_rates", torch.tensor(options.head_rates(num_heads), dtype=torch.long), persistent=False
+        )
+        self.k_proj = nn.Linear(self.kdim, embed_dim)
+        self.v_proj = nn.Linear(self.vdim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.gate = ResolutionGate(embed_dim, len(options.rates), self.heads_per_rate, options.routing)
+        self._verified_mask: Optional[Tuple[int, Tuple[int, ...]]] = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """fairseq's MultiheadAttention initialisation."""
+        gain = 1 / 2 ** 0.5 if self.kdim == self.embed_dim and self.vdim == self.embed_dim else 1.0
+        for proj in (self.k_proj, self.v_proj, self.q_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=gain)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        for proj in (self.k_proj, self.v_proj, self.q_proj, self.out_proj):
+            nn.init.constant_(proj.bias, 0.0)
+
+    # ----- shapes ---------------------------------------------------------
+    def _heads(self, x: Tensor) -> Tensor:
+        """``(T, B, C)`` -> ``(B, H, T, D)``."""
+        length, batch, _ = x.shape
+        return x.view(length, batch, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def _groups(self, x: Tensor):
+        """Splits ``(B, H, ...)`` into one ``(B, H/R, ...)`` tensor per rate."""
+        return x.split(self.heads_per_rate, dim=1)
+
+    # ----- forward --------------------------------------------------------
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Returns ``(output (T, B, C), None)``."""
+        if before_softmax:
+            raise ValueError("MultiResolutionAttention has no softmax: before_softmax is not supported")
+        tgt_len, batch, _ = query.shape
+        q = self._heads(self.q_proj(query))
+        if self.encoder_decoder_attention:
+            heads_out = self._cross(q, key, key_padding_mask, incremental_state, static_kv, attn_mask)
+        elif incremental_state is not None:
+            heads_out = self._decode_steps(q, key, value, incremental_state)
+        else:
+            heads_out = self._parallel_self(q, key, value, key_padding_mask, attn_mask)
+        heads_out = heads_out.permute(2, 0, 1, 3)  # (T, B, H, D)
+        scales = self.gate(query)
+        if scales is not None:
+            heads_out = heads_out * scales.unsqueeze(-1)
+        return self.out_proj(heads_out.reshape(tgt_len, batch, self.embed_dim)), None
+
+    def _parallel_self(self, q, key, value, key_padding_mask, attn_mask) -> Tensor:
+        k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        if attn_mask is None:
+            return self._bidirectional(q, k, v, key_padding_mask)
+        self._check_future_mask(attn_mask, q.size(2))
+        order = left_align_order(key_padding_mask) if has_padding(key_padding_mask) else None
+        if order is not None:
+            q, k, v = gather_time(q, order), gather_time(k, order), gather_time(v, order)
+        outputs = [
+            causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps)
+            for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)
+        ]
+        out = torch.cat(outputs, dim=1)
+        return scatter_time(out, order) if order is not None else out
+
+    def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
+        kv, k_sum = self._summaries(k, v, key_padding_mask)
+        return attend_state(q, kv, k_sum, self.feature_map, self.eps)
+
+    def _summaries(self, k, v, key_padding_mask) -> Tuple[Tensor, Tensor]:
+        """Per-head ``S (B, H, D, D)`` and ``z (B, H, D)`` of the pooled keys/values."""
+        states = [
+            kv_state(kg, vg, rate, key_padding_mask, self.feature_map)
+            for kg, vg, rate in zip(self._groups(k), self._groups(v), self.rates)
+        ]
+        return torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)
+
+    def _check_future_mask(self, attn_mask: Tensor, length: int) -> None:
+        signature = (attn_mask.data_ptr(), tuple(attn_mask.shape))
+        if self._verified_mask == signature:
+            return
+        if not is_future_mask(attn_mask, length):
+            raise ValueError(
+                "MultiResolutionAttention accepts only the decoder's triangular future mask as attn_mask"
+            )
+        self._verified_mask = signature
+
+    def _cross(self, q, key, key_padding_mask, incremental_state, static_kv, attn_mask) -> Tensor:
+        if attn_mask is not None:
+            raise ValueError("MultiResolutionAttention cross-attention does not take an attn_mask")
+        saved = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
+        if static_kv and saved.get("kv") is not None:
+            kv, k_sum = saved["kv"], saved["k_sum"]
+        else:
+            k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(key))
+            kv, k_sum = self._summaries(k, v, key_padding_mask)
+            if incremental_state is not None and static_kv:
+                self._set_input_buffer(incremental_state, {"kv": kv, "k_sum": k_sum})
+        return attend_state(q, kv, k_sum, self.feature_map, self.eps)
+
+    def _decode_steps(self, q, key, value, incremental_state) -> Tensor:
+        """Causal self-attention one position at a time, carrying the recurrent state."""
+        k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        state = self._get_input_buffer(incremental_state)
+        if state.get("kv") is None:
+            batch = q.size(0)
+            state = initial_state(batch, self.num_heads, self.head_dim, self.head_dim, q.dtype, q.device)
+        outputs = []
+        for position in range(q.size(2)):
+            out, state = causal_step(
+                q[:, :, position], k[:, :, position], v[:, :, position], state,
+                self.head_rates, self.feature_map, self.eps,
+            )
+            outputs.append(out.to(q.dtype))
+        self._set_input_buffer(incremental_state, state)
+        return torch.stack(outputs, dim=2)
+
+    # ----- incremental state (fairseq contract) --------------------------
+    def _get_input_buffer(self, incremental_state) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "attn_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state, buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "attn_state", buffer)
+
+    @torch.jit.export
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        """Selects ``new_order`` (beam reordering, or a smaller batch) on dim 0 of every state tensor."""
+        buffer = self._get_input_buffer(incremental_state)
+        if buffer:
+            reordered = {
+                name: tensor.index_select(0, new_order) if tensor is not None else None
+                for name, tensor in buffer.items()
+            }
+            incremental_state = self._set_input_buffer(incremental_state, reordered)
+        return incremental_state
+
+    def balance_loss(self) -> Optional[Tensor]:
+        """The gate's load-balancing loss of the last training forward (top1 routing), else None."""
+        return self.gate.balance_loss

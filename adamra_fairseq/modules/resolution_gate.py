@@ -1,0 +1,49 @@
+"""Query-adaptive choice of resolution: a per-position gate over the R rates."""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class ResolutionGate(nn.Module):
+    """``g_t = softmax(W x_t + b)`` over R rates, turned into one scale per head.
+
+    * ``soft``: head h is scaled by ``R * g_t[rate(h)]`` (1 at initialisation,
+      where W = 0 and b = 0 make g uniform).
+    * ``top1``: the arg-max rate's heads are scaled by their gate value, the
+      others by 0. ``balance_loss`` then holds the Switch-style auxiliary loss
+      ``R * sum_r f_r * P_r`` (f: fraction of positions routed to r, P: mean
+      gate probability), which is minimal when all rates are used equally.
+
+    The gate reads only the position's own input, so it never leaks the future.
+    """
+
+    def __init__(self, embed_dim: int, num_rates: int, heads_per_rate: int, routing: str = "soft"):
+        super().__init__()
+        self.num_rates = num_rates
+        self.heads_per_rate = heads_per_rate
+        self.routing = routing
+        self.proj = nn.Linear(embed_dim, num_rates) if num_rates > 1 else None
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+        self.balance_loss: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``x`` ``(..., C)`` -> per-head scales ``(..., H)``, or None when there is one rate."""
+        if self.proj is None:
+            self.balance_loss = None
+            return None
+        gate = torch.softmax(self.proj(x).float(), dim=-1)
+        if self.routing == "soft":
+            scales = gate * self.num_rates
+            self.balance_loss = None
+        else:
+            choice = gate.argmax(dim=-1, keepdim=True)
+            routed = torch.zeros_like(gate).scatter_(-1, choice, 1.0)
+            scales = routed * gate
+            fraction = routed.reshape(-1, self.num_rates).mean(dim=0)
+            probability = gate.reshape(-1, self.num_rates).mean(dim=0)
+            self.balance_loss = self.num_rates * (fraction * probability).sum() if self.training else None
+        return scales.repeat_interleave(self.heads_per_rate, dim=-1).to(x.dtype)

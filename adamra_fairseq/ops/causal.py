@@ -1,0 +1,99 @@
+"""Causal AdaMRA attention (decoder self-attention), chunked and linear in length.
+
+For one group of heads sharing a rate r, a query at position t in block
+b = t // r attends to
+
+* every complete block j < b as one slot (block means kbar_j, vbar_j), and
+* its own block as one slot: the running means ktilde_t, vtilde_t of
+  positions b*r .. t.
+
+    o_t = (phi(q_t)^T S_{<b} + a_t vtilde_t) / (phi(q_t)^T z_{<b} + a_t + eps),
+    a_t = phi(q_t)^T phi(ktilde_t)
+
+The own-block slot is elementwise, O(n*D). The complete blocks are causal
+linear attention at block granularity, computed in chunks of C positions
+(C a multiple of r): earlier chunks through a carried state (an exclusive
+prefix sum over chunk summaries, (n/C)*D*Dv per head), blocks of the same
+chunk through a small masked dense product. No n x D x Dv tensor is built.
+
+Rows must be left-aligned: pads, if any, after the real tokens (a causal
+query never sees later positions, so trailing pads need no masking).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .bidirectional import accumulation_dtype
+from .feature_maps import FeatureMap, elu_plus_one
+from .pooling import block_count
+
+
+def running_block_means(x: torch.Tensor, rate: int) -> torch.Tensor:
+    """``(B, h, T, D)`` -> mean of x over positions ``(t // r) * r .. t`` for every t (T a multiple of r)."""
+    batch, heads, seq_len, dim = x.shape
+    blocks = x.view(batch, heads, seq_len // rate, rate, dim)
+    counts = torch.arange(1, rate + 1, device=x.device, dtype=x.dtype)
+    return (blocks.cumsum(dim=3) / counts[:, None]).view(batch, heads, seq_len, dim)
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rate: int,
+    chunk_size: int = 64,
+    feature_map: FeatureMap = elu_plus_one,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Causal AdaMRA attention of one rate group.
+
+    Args:
+        q, k: ``(B, h, T, D)``; v: ``(B, h, T, Dv)``, left-aligned rows.
+        rate: block size r; chunk_size: C, a positive multiple of r.
+    Returns:
+        ``(B, h, T, Dv)`` in q's dtype.
+    """
+    if chunk_size % rate:
+        raise ValueError(f"chunk size {chunk_size} is not a multiple of rate {rate}")
+    batch, heads, seq_len, dim = q.shape
+    input_dtype = q.dtype
+    acc = accumulation_dtype(input_dtype)
+    num_chunks = block_count(seq_len, chunk_size)
+    padded_len = num_chunks * chunk_size
+    q, k, v = (F.pad(x.to(acc), (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
+
+    phi_q = feature_map(q)
+    k_running, v_running = running_block_means(k, rate), running_block_means(v, rate)
+    phi_k_running = feature_map(k_running)
+    # Own (partial) block: one slot per query, elementwise.
+    own_weight = (phi_q * phi_k_running).sum(dim=-1, keepdim=True)  # (B, h, Tp, 1)
+    numerator = own_weight * v_running
+    denominator = own_weight
+
+    # Complete blocks: the running mean at a block's last position is its full mean.
+    blocks_per_chunk = chunk_size // rate
+    shape = (batch, heads, num_chunks, blocks_per_chunk)
+    phi_k_block = phi_k_running[:, :, rate - 1 :: rate].reshape(*shape, dim)
+    v_block = v_running[:, :, rate - 1 :: rate].reshape(*shape, v.size(-1))
+    phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, dim)
+
+    # Earlier chunks: exclusive prefix sums of per-chunk summaries.
+    chunk_kv = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, D, Dv)
+    chunk_k = phi_k_block.sum(dim=3)  # (B, h, N, D)
+    state_kv = F.pad(chunk_kv.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
+    state_k = F.pad(chunk_k.cumsum(dim=2), (0, 0, 1, 0))[:, :, :-1]
+    inter_numerator = phi_q_chunks @ state_kv
+    inter_denominator = phi_q_chunks @ state_k.unsqueeze(-1)
+
+    # Same chunk: blocks strictly before the query's own block.
+    scores = phi_q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, C/r)
+    query_block = torch.arange(chunk_size, device=q.device) // rate
+    key_block = torch.arange(blocks_per_chunk, device=q.device)
+    scores = scores * (key_block[None, :] < query_block[:, None]).to(acc)
+    intra_numerator = scores @ v_block
+    intra_denominator = scores.sum(dim=-1, keepdim=True)
+
+    numerator = numerator + (inter_numerator + intra_numerator).view_as(numerator)
+    denominator = denominator + (inter_denominator + intra_denominator).view_as(denominator)
+    out = numerator / (denominator + eps)
+    return out[:, :, :seq_len].to(input_dtype)

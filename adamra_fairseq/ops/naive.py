@@ -1,0 +1,71 @@
+"""Naive AdaMRA reference: explicit slots and the full query-to-slot kernel matrix.
+
+Slow (Python loops over rows, heads and queries) and written to be read
+against the method description, not to be fast. Tests and benchmarks use it
+as the oracle for the fast ops; the model never calls it.
+"""
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from .feature_maps import FeatureMap, elu_plus_one
+
+
+def _slot_means(x: torch.Tensor, groups: List[torch.Tensor]) -> torch.Tensor:
+    """Stack of ``x[positions].mean(0)`` for each group of positions: ``(len(groups), D)``."""
+    return torch.stack([x[positions].mean(dim=0) for positions in groups])
+
+
+def _kernel_read(phi_q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor, feature_map, eps):
+    """Weights ``phi(q) phi(slot_k)^T`` materialised, then the normalised read of ``slot_v``."""
+    weights = phi_q @ feature_map(slot_k).transpose(0, 1)
+    return (weights @ slot_v) / (weights.sum(dim=-1, keepdim=True) + eps)
+
+
+def naive_adamra_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_rates: Sequence[int],
+    key_padding_mask: Optional[torch.Tensor] = None,
+    causal: bool = False,
+    feature_map: FeatureMap = elu_plus_one,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Reference AdaMRA attention for all heads (no gate, no projections).
+
+    Args:
+        q: ``(B, H, T, D)``; k: ``(B, H, S, D)``; v: ``(B, H, S, Dv)``.
+        head_rates: the rate of each of the H heads.
+        key_padding_mask: ``(B, S)``, True = pad (pads never enter a mean).
+        causal: query i attends like key position i (needs T == S); outputs at
+            pad positions are 0.
+    Returns:
+        ``(B, H, T, Dv)``.
+    """
+    batch, heads, tgt_len, _ = q.shape
+    src_len = k.size(2)
+    if causal and tgt_len != src_len:
+        raise ValueError("causal attention needs as many queries as keys")
+    out = q.new_zeros(batch, heads, tgt_len, v.size(-1))
+    for row in range(batch):
+        if key_padding_mask is None:
+            real = torch.arange(src_len)
+        else:
+            real = torch.nonzero(~key_padding_mask[row].cpu()).flatten()
+        for head in range(heads):
+            rate = head_rates[head]
+            blocks = [real[start : start + rate] for start in range(0, len(real), rate)]
+            k_row, v_row, q_row = k[row, head], v[row, head], q[row, head]
+            if not causal:
+                slot_k, slot_v = _slot_means(k_row, blocks), _slot_means(v_row, blocks)
+                out[row, head] = _kernel_read(feature_map(q_row), slot_k, slot_v, feature_map, eps)
+                continue
+            for index, position in enumerate(real.tolist()):
+                own = index // rate
+                slots = blocks[:own] + [real[own * rate : index + 1]]
+                slot_k, slot_v = _slot_means(k_row, slots), _slot_means(v_row, slots)
+                phi_q = feature_map(q_row[position : position + 1])
+                out[row, head, position] = _kernel_read(phi_q, slot_k, slot_v, feature_map, eps)[0]
+    return out
