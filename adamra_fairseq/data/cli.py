@@ -1,6 +1,7 @@
 """Command line for the corpus steps used by ``examples/translation/*.sh``.
 
     python -m adamra_fairseq.data debian --root EXTRACTED --out RAW_DIR
+    python -m adamra_fairseq.data iwslt --orig EXTRACTED_DE_EN --out RAW_DIR
     python -m adamra_fairseq.data tokenize --lang de [--lowercase] IN OUT [IN OUT ...]
     python -m adamra_fairseq.data clean --langs de en IN_PREFIX OUT_PREFIX
     python -m adamra_fairseq.data check-parallel --langs de en PREFIX [PREFIX ...]
@@ -15,7 +16,7 @@ import os
 import sys
 
 from .corpus import CorpusError, check_parallel, count_lines, split_pairs, write_parallel
-from . import ding, libreoffice, text
+from . import ding, iwslt, libreoffice, text
 
 LIBREOFFICE_EN = "usr/share/libreoffice/help/en-US"
 LIBREOFFICE_DE = "usr/share/libreoffice/help/de"
@@ -59,6 +60,15 @@ def build_debian(root: str, out: str, valid_percent: float, test_percent: float)
     )
 
 
+def build_iwslt(orig: str, out: str) -> None:
+    """Writes train/valid/test ``.de``/``.en`` files of IWSLT'14 under ``out``."""
+    os.makedirs(out, exist_ok=True)
+    sides = iwslt.build_iwslt(orig)
+    for name, by_lang in sides.items():
+        write_parallel(list(zip(by_lang["de"], by_lang["en"])), os.path.join(out, name), "de", "en")
+    print("sentence pairs: " + ", ".join(f"{name} {len(by_lang['de'])}" for name, by_lang in sides.items()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adamra_fairseq.data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +78,10 @@ def main(argv=None) -> int:
     debian.add_argument("--out", required=True, help="output folder for the raw split files")
     debian.add_argument("--valid-percent", type=float, default=3.0)
     debian.add_argument("--test-percent", type=float, default=5.0)
+
+    iwslt_parser = commands.add_parser("iwslt", help="IWSLT'14 de-en raw splits from the extracted archive")
+    iwslt_parser.add_argument("--orig", required=True, help="the extracted de-en folder of de-en.tgz")
+    iwslt_parser.add_argument("--out", required=True)
 
     tokenize = commands.add_parser("tokenize", help="Moses tokenisation (sacremoses)")
     tokenize.add_argument("--lang", required=True)
@@ -99,6 +113,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "debian":
             build_debian(args.root, args.out, args.valid_percent, args.test_percent)
+        elif args.command == "iwslt":
+            build_iwslt(args.orig, args.out)
         elif args.command == "tokenize":
             for in_path, out_path in _pairs_in_order(args.files):
                 count_lines(in_path)

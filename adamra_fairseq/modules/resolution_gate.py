@@ -35,7 +35,7 @@ class ResolutionGate(nn.Module):
         if self.proj is None:
             self.balance_loss = None
             return None
-        gate = torch.softmax(self.proj(x).float(), dim=-1)
+        gate = torch.softmax(self.proj(x).to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
         if self.routing == "soft":
             scales = gate * self.num_rates
             self.balance_loss = None

@@ -1,0 +1,176 @@
+"""MultiResolutionAttention (the fairseq module) against the naive reference and its own step-by-step path."""
+
+import pytest
+import torch
+
+from adamra_fairseq.modules import MultiResolutionAttention
+from adamra_fairseq.modules.options import AdaMRAOptions
+from adamra_fairseq.ops.naive import naive_adamra_attention
+
+EMBED, HEADS = 32, 8
+
+
+def options(rates=(1, 2), routing="soft", feature_map="elu", chunk=4):
+    return AdaMRAOptions(rates=rates, routing=routing, balance_loss=0.0, feature_map=feature_map,
+                         places=("encoder", "decoder", "cross"), chunk_size=chunk, eps=1e-6)
+
+
+def make_module(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    module = MultiResolutionAttention(EMBED, HEADS, options(**kwargs), self_attention=True).double()
+    if module.gate.proj is not None:
+        with torch.no_grad():  # a non-uniform gate, so that routing matters
+            module.gate.proj.weight.normal_(std=0.5)
+            module.gate.proj.bias.normal_()
+    return module.eval()
+
+
+def reference_forward(module, query, key, mask=None, causal=False):
+    """Projections, naive attention per head, the gate written out, out_proj."""
+    def heads(x):
+        return x.view(x.size(0), x.size(1), HEADS, -1).permute(1, 2, 0, 3)
+
+    q, k, v = heads(module.q_proj(query)), heads(module.k_proj(key)), heads(module.v_proj(key))
+    rates = module.options.head_rates(HEADS)
+    out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map)
+    out = out.permute(2, 0, 1, 3)  # (T, B, H, D)
+    gate = torch.softmax(module.gate.proj(query), dim=-1)  # (T, B, R)
+    num_rates = len(module.options.rates)
+    if module.options.routing == "soft":
+        per_rate = num_rates * gate
+    else:
+        per_rate = gate * torch.nn.functional.one_hot(gate.argmax(-1), num_rates)
+    scale = per_rate.repeat_interleave(HEADS // num_rates, dim=-1)
+    return module.out_proj((out * scale.unsqueeze(-1)).reshape(query.size(0), query.size(1), EMBED))
+
+
+def future_mask(length):
+    return torch.triu(torch.full((length, length), float("-inf"), dtype=torch.float64), 1)
+
+
+@pytest.mark.parametrize("routing", ["soft", "top1"])
+@pytest.mark.parametrize("rates", [(1, 2), (2, 3), (1, 2, 4, 8)])
+def test_encoder_self_attention_matches_reference(routing, rates):
+    module = make_module(rates=rates, routing=routing, chunk=24)
+    x = torch.randn(9, 3, EMBED, dtype=torch.float64)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[1, :3] = True
+    mask[2, :8] = True
+    out, weights = module(x, x, x, key_padding_mask=mask)
+    assert weights is None
+    assert torch.allclose(out, reference_forward(module, x, x, mask), atol=1e-10)
+
+
+@pytest.mark.parametrize("routing", ["soft", "top1"])
+def test_decoder_self_attention_matches_causal_reference(routing):
+    module = make_module(rates=(2, 3), routing=routing, chunk=6)
+    x = torch.randn(11, 2, EMBED, dtype=torch.float64)
+    out, _ = module(x, x, x, attn_mask=future_mask(11))
+    assert torch.allclose(out, reference_forward(module, x, x, causal=True), atol=1e-10)
+
+
+def test_decoder_self_attention_rejects_other_masks():
+    module = make_module()
+    x = torch.randn(5, 2, EMBED, dtype=torch.float64)
+    bad = torch.zeros(5, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="future mask"):
+        module(x, x, x, attn_mask=bad)
+
+
+def test_single_rate_module_is_linear_attention_with_projections():
+    """One rate 1: no gate at all, and the module equals linear attention between projections."""
+    module = make_module(rates=(1,))
+    assert module.gate.proj is None
+    x = torch.randn(7, 2, EMBED, dtype=torch.float64)
+    out, _ = module(x, x, x)
+    assert torch.allclose(out, reference_forward_no_gate(module, x), atol=1e-10)
+
+
+def reference_forward_no_gate(module, x):
+    def heads(y):
+        return y.view(y.size(0), y.size(1), HEADS, -1).permute(1, 2, 0, 3)
+
+    phi = lambda y: torch.nn.functional.elu(y) + 1  # noqa: E731
+    q, k, v = phi(heads(module.q_proj(x))), phi(heads(module.k_proj(x))), heads(module.v_proj(x))
+    out = (q @ (k.transpose(-1, -2) @ v)) / (q @ k.sum(2, keepdim=True).transpose(-1, -2) + 1e-6)
+    return module.out_proj(out.permute(2, 0, 1, 3).reshape(x.size(0), x.size(1), EMBED))
+
+
+def make_cross(seed=0):
+    torch.manual_seed(seed)
+    module = MultiResolutionAttention(EMBED, HEADS, options(rates=(1, 4)), kdim=8, vdim=8,
+                                      encoder_decoder_attention=True).double().eval()
+    with torch.no_grad():
+        module.gate.proj.weight.normal_(std=0.5)
+    return module
+
+
+def test_cross_attention_padding_invariance():
+    module = make_cross()
+    source = torch.randn(6, 1, 8, dtype=torch.float64)
+    query = torch.randn(4, 1, EMBED, dtype=torch.float64)
+    alone, _ = module(query, source, source)
+    longer = torch.randn(10, 1, 8, dtype=torch.float64)
+    batch_source = torch.cat([torch.cat([torch.randn(4, 1, 8, dtype=torch.float64), source]), longer], dim=1)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, :4] = True  # left padding of the short sentence
+    batch_query = torch.cat([query, torch.randn(4, 1, EMBED, dtype=torch.float64)], dim=1)
+    in_batch, _ = module(batch_query, batch_source, batch_source, key_padding_mask=mask)
+    assert torch.allclose(in_batch[:, :1], alone, atol=1e-10)
+
+
+def test_cross_attention_incremental_caches_and_reorders():
+    module = make_cross()
+    source = torch.randn(7, 3, 8, dtype=torch.float64)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[2, :2] = True
+    queries = torch.randn(5, 3, EMBED, dtype=torch.float64)
+    full, _ = module(queries, source, source, key_padding_mask=mask)
+
+    state = {}
+    out0, _ = module(queries[:1], source, source, key_padding_mask=mask, incremental_state=state, static_kv=True)
+    assert torch.allclose(out0, full[:1], atol=1e-10)
+    # later steps must not look at the keys again
+    out1, _ = module(queries[1:2], None, None, key_padding_mask=mask, incremental_state=state, static_kv=True)
+    assert torch.allclose(out1, full[1:2], atol=1e-10)
+    # beam reorder that also shrinks the batch: rows 2 and 0 survive
+    new_order = torch.tensor([2, 0])
+    module.reorder_incremental_state(state, new_order)
+    out2, _ = module(queries[2:3, new_order], None, None, incremental_state=state, static_kv=True)
+    assert torch.allclose(out2, full[2:3, new_order], atol=1e-10)
+
+
+def test_self_attention_incremental_matches_parallel_with_reorder():
+    module = make_module(rates=(1, 3), chunk=6)
+    x = torch.randn(10, 4, EMBED, dtype=torch.float64)
+    parallel, _ = module(x, x, x, attn_mask=future_mask(10))
+    state = {}
+    rows = torch.arange(4)
+    for t in range(10):
+        if t == 4:  # beam reorder with duplication
+            order = torch.tensor([1, 1, 3, 0])
+            module.reorder_incremental_state(state, order)
+            rows = rows[order]
+        if t == 7:  # a finished sentence leaves the batch
+            order = torch.tensor([0, 2, 3])
+            module.reorder_incremental_state(state, order)
+            rows = rows[order]
+        step, _ = module(x[t : t + 1, rows], x[t : t + 1, rows], x[t : t + 1, rows], incremental_state=state)
+        if t < 4:
+            assert torch.allclose(step, parallel[t : t + 1, rows], atol=1e-10)
+    # after reorders, rows are histories of other rows only where they were identical up to t:
+    # check the final step of rows whose history was never mixed (row 3 kept its own history).
+    assert torch.allclose(step[:, 1], parallel[9:10, 3], atol=1e-10)
+
+
+def test_recurrent_state_size_is_constant():
+    module = make_module(rates=(1, 2))
+    state = {}
+    sizes = {}
+    x = torch.randn(1000, 1, EMBED, dtype=torch.float64)
+    for t in range(1000):
+        module(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state)
+        if t + 1 in (1, 10, 1000):
+            buffer = module._get_input_buffer(state)
+            sizes[t + 1] = sum(tensor.numel() for tensor in buffer.values())
+    assert sizes[1] == sizes[10] == sizes[1000]

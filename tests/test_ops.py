@@ -1,0 +1,133 @@
+"""The fast AdaMRA ops against the naive reference and against closed-form limit cases."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adamra_fairseq.ops.bidirectional import bidirectional_attention
+from adamra_fairseq.ops.causal import causal_attention
+from adamra_fairseq.ops.feature_maps import elu_plus_one, relu
+from adamra_fairseq.ops.naive import naive_adamra_attention
+from adamra_fairseq.ops.recurrent import causal_step, initial_state
+
+TOL = 1e-9
+
+
+def random_qkv(batch=3, heads=2, length=13, dim=5, seed=0, src_len=None):
+    generator = torch.Generator().manual_seed(seed)
+    src_len = src_len or length
+    q = torch.randn(batch, heads, length, dim, generator=generator, dtype=torch.float64)
+    k = torch.randn(batch, heads, src_len, dim, generator=generator, dtype=torch.float64)
+    v = torch.randn(batch, heads, src_len, dim, generator=generator, dtype=torch.float64)
+    return q, k, v
+
+
+def left_padding_mask(lengths, total):
+    """Sources are left-padded in fairseq: the pads come first."""
+    positions = torch.arange(total)[None, :]
+    return positions < (total - torch.tensor(lengths))[:, None]
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("feature_map", [elu_plus_one, relu])
+def test_bidirectional_matches_naive_on_left_padded_batches(rate, feature_map):
+    q, k, v = random_qkv(length=11, src_len=13)
+    mask = left_padding_mask([13, 7, 1], 13)
+    expected = naive_adamra_attention(q, k, v, [rate] * 2, mask, feature_map=feature_map)
+    actual = bidirectional_attention(q, k, v, rate, mask, feature_map=feature_map)
+    assert torch.allclose(actual, expected, atol=TOL)
+
+
+def test_bidirectional_pads_anywhere_never_enter_a_mean():
+    q, k, v = random_qkv(length=9)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[0, [0, 4, 8]] = True  # scattered pads
+    mask[1, -2:] = True  # right padding
+    expected = naive_adamra_attention(q, k, v, [3, 3], mask)
+    assert torch.allclose(bidirectional_attention(q, k, v, 3, mask), expected, atol=TOL)
+    # and the values at pad positions do not matter
+    k2, v2 = k.clone(), v.clone()
+    k2[mask[:, None, :, None].expand_as(k)] = 1e3
+    v2[mask[:, None, :, None].expand_as(v)] = -1e3
+    assert torch.allclose(bidirectional_attention(q, k2, v2, 3, mask), expected, atol=TOL)
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3, 4])
+@pytest.mark.parametrize("chunk_factor", [1, 2, 5])
+@pytest.mark.parametrize("length", [1, 7, 13, 24])
+def test_causal_matches_naive(rate, chunk_factor, length):
+    q, k, v = random_qkv(length=length, seed=length)
+    expected = naive_adamra_attention(q, k, v, [rate] * 2, causal=True)
+    actual = causal_attention(q, k, v, rate, chunk_size=rate * chunk_factor)
+    assert torch.allclose(actual, expected, atol=TOL)
+
+
+def test_causal_rejects_chunk_not_multiple_of_rate():
+    q, k, v = random_qkv()
+    with pytest.raises(ValueError, match="multiple"):
+        causal_attention(q, k, v, rate=4, chunk_size=6)
+
+
+@pytest.mark.parametrize("rate", [1, 3, 4])
+def test_causal_never_sees_the_future(rate):
+    q, k, v = random_qkv(length=20, seed=5)
+    base = causal_attention(q, k, v, rate, chunk_size=4 * rate)
+    for t in (0, 5, 11, 18):
+        q2, k2, v2 = q.clone(), k.clone(), v.clone()
+        for x in (q2, k2, v2):
+            x[:, :, t + 1 :] = torch.randn_like(x[:, :, t + 1 :]) * 10
+        changed = causal_attention(q2, k2, v2, rate, chunk_size=4 * rate)
+        assert torch.allclose(changed[:, :, : t + 1], base[:, :, : t + 1], atol=TOL)
+
+
+def test_recurrent_steps_match_naive_for_mixed_rates():
+    q, k, v = random_qkv(heads=4, length=17, seed=3)
+    rates = [1, 2, 3, 5]
+    expected = naive_adamra_attention(q, k, v, rates, causal=True)
+    state = initial_state(3, 4, 5, 5, q.dtype, q.device)
+    outputs = []
+    for t in range(17):
+        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor(rates))
+        outputs.append(out)
+    assert torch.allclose(torch.stack(outputs, dim=2), expected, atol=TOL)
+
+
+def linear_attention(q, k, v, causal, eps=1e-6):
+    """Katharopoulos et al. (2020), written directly: phi(q_t) sum_s phi(k_s) v_s^T / phi(q_t) sum_s phi(k_s)."""
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    weights = phi_q @ phi_k.transpose(-1, -2)
+    if causal:
+        weights = weights.tril()
+    return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
+
+
+def test_rate_one_is_the_linear_transformer():
+    q, k, v = random_qkv(length=19, seed=9)
+    assert torch.allclose(bidirectional_attention(q, k, v, 1), linear_attention(q, k, v, False), atol=TOL)
+    assert torch.allclose(causal_attention(q, k, v, 1, chunk_size=8), linear_attention(q, k, v, True), atol=TOL)
+
+
+def test_full_rate_pools_everything_into_one_slot():
+    """With r >= length, every query reads the mean value (one slot carries all weight)."""
+    q, k, v = random_qkv(length=6, seed=2)
+    out = bidirectional_attention(q, k, v, rate=8)
+    expected = v.mean(dim=2, keepdim=True).expand_as(out)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_padding_invariance_of_a_sentence():
+    q, k, v = random_qkv(batch=1, length=5, seed=4)
+    alone = bidirectional_attention(q, k, v, 2)
+    pad = 4  # the same sentence, left-padded inside a longer batch
+    padded = [torch.cat([torch.randn(1, 2, pad, 5, dtype=torch.float64), x], dim=2) for x in (q, k, v)]
+    mask = left_padding_mask([5], 5 + pad)
+    in_batch = bidirectional_attention(*padded, 2, mask)
+    assert torch.allclose(in_batch[:, :, pad:], alone, atol=TOL)
+
+
+def test_low_precision_inputs_accumulate_in_fp32():
+    q, k, v = (x.to(torch.bfloat16) for x in random_qkv(length=64, seed=6))
+    out = causal_attention(q, k, v, 4, chunk_size=16)
+    assert out.dtype == torch.bfloat16
+    reference = causal_attention(*(x.double() for x in (q, k, v)), 4, chunk_size=16)
+    assert torch.allclose(out.double(), reference, atol=3e-2)

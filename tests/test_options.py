@@ -1,0 +1,67 @@
+"""Every bad --adamra-* value fails before training with one line naming the flag."""
+
+import argparse
+
+import pytest
+
+from adamra_fairseq.modules.options import AdaMRAOptionError, parse_adamra_options
+from conftest import REPO_ROOT, USER_DIR, run
+
+
+def namespace(**overrides):
+    values = dict(encoder_attention_heads=8, decoder_attention_heads=8)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+# (flag values, text the one-line message must contain)
+BAD_INPUTS = [
+    (dict(adamra_rates=""), "--adamra-rates '' is empty"),
+    (dict(adamra_rates="1,,2"), "--adamra-rates '1,,2' is empty or has an empty entry"),
+    (dict(adamra_rates="1,0"), "--adamra-rates: rate 0 is below 1"),
+    (dict(adamra_rates="1,-2"), "--adamra-rates: rate -2 is below 1"),
+    (dict(adamra_rates="1,2.5"), "--adamra-rates: '2.5' is not an integer"),
+    (dict(adamra_rates="1,x"), "--adamra-rates: 'x' is not an integer"),
+    (dict(adamra_rates="1,2,4"), "--adamra-rates has 3 rates, which does not divide --encoder-attention-heads=8"),
+    (dict(adamra_rates="1,2", adamra_attention="decoder", decoder_attention_heads=3),
+     "does not divide --decoder-attention-heads=3"),
+    (dict(adamra_routing="top2"), "--adamra-routing 'top2' is unknown: choose one of soft, top1"),
+    (dict(adamra_feature_map="softmax"), "--adamra-feature-map 'softmax' is unknown: choose one of elu, relu"),
+    (dict(adamra_attention="encoder,ffn"), "--adamra-attention 'encoder,ffn' is invalid"),
+    (dict(adamra_attention=""), "--adamra-attention '' is invalid"),
+    (dict(adamra_chunk_size=0), "--adamra-chunk-size 0 is invalid"),
+    (dict(adamra_rates="2,3", adamra_chunk_size=64), "a multiple of 6 for --adamra-rates 2,3"),
+    (dict(adamra_balance_loss=-1.0, adamra_routing="top1"), "--adamra-balance-loss -1.0 is invalid"),
+    (dict(adamra_balance_loss=0.1), "--adamra-balance-loss only applies to --adamra-routing top1"),
+    (dict(adamra_eps=0.0), "--adamra-eps 0.0 is invalid"),
+]
+
+
+@pytest.mark.parametrize("values,message", BAD_INPUTS)
+def test_bad_values_are_rejected_with_the_flag_named(values, message):
+    with pytest.raises(AdaMRAOptionError) as error:
+        parse_adamra_options(namespace(**values))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_defaults_are_valid():
+    options = parse_adamra_options(namespace())
+    assert options.rates == (1, 2, 4, 8)
+    assert options.head_rates(8) == (1, 1, 2, 2, 4, 4, 8, 8)
+    assert options.places == ("encoder", "decoder", "cross")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--adamra-rates", "1,0"], "error: --adamra-rates: rate 0 is below 1"),
+    (["--adamra-routing", "best"], "error: --adamra-routing 'best' is unknown"),
+    (["--adamra-chunk-size", "6"], "error: --adamra-chunk-size 6 is invalid"),
+])
+def test_fairseq_train_stops_before_training(tmp_path, flags, message):
+    """The stock CLI fails at argument parsing, in one line, without touching any data."""
+    result = run(["fairseq-train", str(tmp_path / "no-data"), "--user-dir", USER_DIR, "--cpu",
+                  "--arch", "adamra_transformer_tiny", "--task", "translation", "--save-dir", str(tmp_path / "ck"),
+                  *flags], check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "ck").exists()
