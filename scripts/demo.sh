@@ -19,7 +19,7 @@ for arch in transformer_adamra_tiny_baseline adamra_transformer_tiny; do
     scripts/train.sh "$DATA_DIR/data-bin" "$DEMO_DIR/$arch" --arch "$arch" \
         --max-update "$UPDATES" --lr 1e-3 --warmup-updates 200 --dropout 0.1 \
         --max-tokens 4096 --no-epoch-checkpoints --validate-interval-updates 200 \
-        --log-interval 100 2>&1 | grep -E "train_inner|valid on|done training|Stopping|error" || true
+        --log-interval 100 2>&1 | grep --line-buffered -E "train_inner|valid on|done training|Stopping|error" || true
     [ -f "$DEMO_DIR/$arch/checkpoint_last.pt" ] || die "training $arch failed (see the log above)"
     for subset in test test1; do
         echo "== translating $subset with $arch"

@@ -1,0 +1,298 @@
+"""One attention layer, forward + backward, against sequence length: AdaMRA versus softmax attention.
+
+usage: python scripts/bench_attention.py [--quick] [--threads 2] [--out results/bench_attention]
+
+Columns (all with the same width, heads and input):
+  mha           fairseq MultiheadAttention, no mask (encoder self-attention)
+  mha_causal    fairseq MultiheadAttention with the decoder's future mask
+  sdpa          torch scaled_dot_product_attention (+ the same q/k/v/out projections), no mask
+  linear        our module with a single rate 1 (the linear transformer)
+  adamra        our module, bidirectional, rates 1,2,4,8
+  adamra_causal our module with the future mask (chunked causal op), rates 1,2,4,8
+
+Every point runs in a fresh forked process: time is the median of the
+repeats after warm-up; memory is the growth of the process's peak resident
+set (ru_maxrss) over its resident set before the point started, i.e. what the
+step itself needed at its peak (weights, inputs, activations, gradients). A
+point whose estimated softmax memory exceeds --memory-limit-gb, or that does
+not finish within --time-limit seconds, is recorded as skipped, not run.
+
+Also measured: this machine's fp32 matmul rate (2048 x 2048), and the
+achieved GFLOP/s of the AdaMRA core ops (attention without projections).
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import torch  # noqa: E402
+
+METHODS = ("mha", "mha_causal", "sdpa", "linear", "adamra", "adamra_causal")
+FULL_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+QUICK_LENGTHS = (128, 512, 2048, 4096)
+
+
+def current_rss_kb() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def build_layer(method, dim, heads, rates):
+    from fairseq.modules import MultiheadAttention
+
+    from adamra_fairseq.modules import MultiResolutionAttention
+    from adamra_fairseq.modules.options import AdaMRAOptions
+
+    if method in ("mha", "mha_causal", "sdpa"):
+        return MultiheadAttention(dim, heads, self_attention=True)
+    options = AdaMRAOptions(rates=(1,) if method == "linear" else rates, routing="soft", balance_loss=0.0,
+                            feature_map="elu", places=("encoder", "decoder", "cross"), chunk_size=64, eps=1e-6)
+    return MultiResolutionAttention(dim, heads, options, self_attention=True)
+
+
+def sdpa_forward(layer, x, heads):
+    """Same projections as fairseq's module, attention by torch's fused kernel."""
+    length, batch, dim = x.shape
+
+    def split(t):
+        return t.view(length, batch, heads, dim // heads).permute(1, 2, 0, 3)
+
+    q, k, v = split(layer.q_proj(x)), split(layer.k_proj(x)), split(layer.v_proj(x))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return layer.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, dim))
+
+
+def layer_step(method, layer, x, heads, mask):
+    if method == "sdpa":
+        out = sdpa_forward(layer, x, heads)
+    else:
+        out, _ = layer(x, x, x, attn_mask=mask, need_weights=False)
+    out.float().sum().backward()
+
+
+def run_point(method, length, args, queue):
+    """Child process: one (method, length) point; puts a result dict on the queue."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    baseline = current_rss_kb()
+    layer = build_layer(method, args.dim, args.heads, tuple(args.rates))
+    x = torch.randn(length, args.batch, args.dim, requires_grad=True)
+    mask = None
+    if method.endswith("_causal"):
+        mask = torch.triu(torch.full((length, length), float("-inf")), 1)
+    times = []
+    for repeat in range(args.warmup + args.repeats):
+        start = time.perf_counter()
+        layer_step(method, layer, x, args.heads, mask)
+        elapsed = time.perf_counter() - start
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        if repeat >= args.warmup:
+            times.append(elapsed)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put({"time_s": statistics.median(times), "peak_mb": (peak - baseline) / 1024})
+
+
+def softmax_bytes(length, args):
+    """Rough peak of softmax attention: scores, probabilities and their gradients, float32."""
+    return 4 * args.batch * args.heads * length * length * 4
+
+
+def measure(method, length, args):
+    if method in ("mha", "mha_causal") and softmax_bytes(length, args) > args.memory_limit_gb * 2 ** 30:
+        return {"skipped": f"estimated {softmax_bytes(length, args) / 2 ** 30:.0f} GiB > {args.memory_limit_gb} GiB"}
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=run_point, args=(method, length, args, queue))
+    process.start()
+    process.join(args.time_limit)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        return {"skipped": f"over the {args.time_limit:.0f} s time limit"}
+    if process.exitcode != 0 or queue.empty():
+        return {"skipped": f"crashed (exit code {process.exitcode})"}
+    return queue.get()
+
+
+def matmul_gflops(threads, size=2048, repeats=5):
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def core_gflops(length, args, causal):
+    """Achieved GFLOP/s of the AdaMRA core ops (pool, feature map, S/z, read-out), forward + backward.
+
+    FLOPs counted: the matrix products only (2 per multiply-add), backward = 2 x forward.
+    """
+    from adamra_fairseq.ops.bidirectional import bidirectional_attention
+    from adamra_fairseq.ops.causal import causal_attention
+
+    torch.set_num_threads(args.threads)
+    dim = args.dim // args.heads
+    group = args.heads // len(args.rates)
+    qkv = [torch.randn(args.batch, group, length, dim, requires_grad=True) for _ in range(3)]
+    flops = 0.0
+    for rate in args.rates:
+        blocks = length / rate
+        if causal:
+            chunk = 64
+            # per chunk: C x (C/r) scores and read-out, chunk summaries, inter-chunk read-out
+            flops += 2 * args.batch * group * (2 * length * (chunk / rate) * dim + 2 * blocks * dim * dim
+                                                + 2 * length * dim * dim)
+        else:
+            flops += 2 * args.batch * group * (blocks * dim * dim + length * dim * dim + length * dim)
+    flops *= 3  # forward + backward
+
+    def step():
+        outputs = []
+        for rate in args.rates:
+            if causal:
+                outputs.append(causal_attention(*qkv, rate, chunk_size=64))
+            else:
+                outputs.append(bidirectional_attention(*qkv, rate))
+        sum(out.sum() for out in outputs).backward()
+
+    step()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return flops / statistics.median(times) / 1e9
+
+
+def plot(results, lengths, path_prefix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method in METHODS:
+        points = [(n, results[method][str(n)]) for n in lengths if "time_s" in results[method][str(n)]]
+        if not points:
+            continue
+        ns = [n for n, _ in points]
+        axes[0].loglog(ns, [p["time_s"] * 1000 for _, p in points], marker="o", label=method)
+        axes[1].loglog(ns, [max(p["peak_mb"], 0.1) for _, p in points], marker="o", label=method)
+    axes[0].set(xlabel="sequence length n", ylabel="forward + backward (ms)", title="time")
+    axes[1].set(xlabel="sequence length n", ylabel="peak memory growth (MB)", title="memory")
+    for axis in axes:
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path_prefix + ".png", dpi=110)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sweep (n up to 4096, 2 repeats)")
+    parser.add_argument("--lengths", type=str, help="comma list of sequence lengths (overrides the sweep)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rates", type=str, default="1,2,4,8")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per point")
+    parser.add_argument("--memory-limit-gb", type=float, default=16.0)
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_attention"))
+    args = parser.parse_args()
+    args.rates = [int(r) for r in args.rates.split(",")]
+    if args.dim % args.heads or args.heads % len(args.rates):
+        parser.error("--dim must be divisible by --heads, and the number of rates must divide --heads")
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
+    lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else (
+        QUICK_LENGTHS if args.quick else FULL_LENGTHS)
+
+    import logging
+
+    from fairseq.modules import MultiheadAttention  # noqa: F401  (import once before forking)
+
+    import adamra_fairseq.modules  # noqa: F401
+
+    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq turns on DEBUG logging
+
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    results = {method: {} for method in METHODS}
+    header = f"{'n':>6} | " + " | ".join(f"{m:>14}" for m in METHODS)
+    print(f"forward+backward time (ms) / peak memory growth (MB); B={args.batch} d={args.dim} H={args.heads} "
+          f"rates={args.rates} threads={args.threads}")
+    print(header)
+    print("-" * len(header))
+    for length in lengths:
+        cells = []
+        for method in METHODS:
+            point = measure(method, length, args)
+            results[method][str(length)] = point
+            cells.append(f"{point['time_s'] * 1000:7.1f}/{point['peak_mb']:6.0f}" if "time_s" in point
+                         else f"{'skipped':>14}")
+        print(f"{length:>6} | " + " | ".join(f"{c:>14}" for c in cells), flush=True)
+
+    torch.set_num_threads(args.threads)
+    matmul = matmul_gflops(args.threads)
+    core_length = lengths[-1]
+    core = {"bidirectional": core_gflops(core_length, args, causal=False),
+            "causal": core_gflops(core_length, args, causal=True)}
+    print(f"\nfp32 matmul 2048x2048: {matmul:.1f} GFLOP/s; AdaMRA core at n={core_length}: "
+          f"bidirectional {core['bidirectional']:.1f} GFLOP/s ({100 * core['bidirectional'] / matmul:.0f}%), "
+          f"causal {core['causal']:.1f} GFLOP/s ({100 * core['causal'] / matmul:.0f}%)")
+    print("\nratios (time mha / time adamra, memory mha / memory adamra):")
+    for length in lengths:
+        mha, ada = results["mha"][str(length)], results["adamra"][str(length)]
+        causal, bidir = results["adamra_causal"][str(length)], ada
+        parts = []
+        if "time_s" in mha and "time_s" in ada:
+            parts.append(f"speed x{mha['time_s'] / ada['time_s']:.2f}, memory x{mha['peak_mb'] / max(ada['peak_mb'], 1e-3):.1f}")
+        else:
+            parts.append("mha " + mha.get("skipped", "-"))
+        if "time_s" in causal and "time_s" in bidir:
+            parts.append(f"causal/bidirectional time x{causal['time_s'] / bidir['time_s']:.2f}")
+        print(f"  n={length}: " + "; ".join(parts))
+
+    record = {
+        "command": " ".join(sys.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "memory_measure": "peak RSS growth of a fresh forked process per point (ru_maxrss - RSS before)",
+        "matmul_gflops": matmul, "core_gflops": core, "core_length": core_length,
+        "results": results,
+    }
+    with open(args.out + ".json", "w") as handle:
+        json.dump(record, handle, indent=1)
+    plot(results, lengths, args.out)
+    print(f"\nwrote {args.out}.json and {args.out}.png")
+
+
+if __name__ == "__main__":
+    main()
