@@ -174,3 +174,28 @@ def test_recurrent_state_size_is_constant():
             buffer = module._get_input_buffer(state)
             sizes[t + 1] = sum(tensor.numel() for tensor in buffer.values())
     assert sizes[1] == sizes[10] == sizes[1000]
+
+
+def test_top1_balance_loss_is_the_switch_formula_and_has_gradients():
+    from adamra_fairseq.modules import ResolutionGate
+
+    torch.manual_seed(3)
+    gate = ResolutionGate(EMBED, 4, 2, routing="top1").double().train()
+    with torch.no_grad():
+        gate.proj.weight.normal_()
+    x = torch.randn(6, 3, EMBED, dtype=torch.float64)
+    scales = gate(x)
+    probabilities = torch.softmax(gate.proj(x), dim=-1).reshape(-1, 4)
+    chosen = probabilities.argmax(-1)
+    fraction = torch.bincount(chosen, minlength=4).double() / chosen.numel()
+    expected = 4 * (fraction * probabilities.mean(0)).sum()
+    assert torch.allclose(gate.balance_loss, expected)
+    gate.balance_loss.backward()
+    assert gate.proj.weight.grad.abs().sum() > 0
+    # exactly one rate (two heads) is kept per position, scaled by its gate value
+    kept = (scales.reshape(-1, 8) != 0).sum(-1)
+    assert bool((kept == 2).all())
+    assert torch.allclose(scales.reshape(-1, 8).max(-1).values, probabilities.max(-1).values)
+    gate.eval()
+    gate(x)
+    assert gate.balance_loss is None

@@ -9,7 +9,7 @@ import torch
 from fairseq import checkpoint_utils
 
 from adamra_fairseq.modules import MultiResolutionAttention
-from conftest import USER_DIR, run
+from conftest import run
 
 
 def load(checkpoint, data_bin, dtype=torch.float64, random_gates=True):
@@ -111,7 +111,8 @@ def reference_greedy(model, source, dictionary, max_len):
 
 def test_fairseq_generate_equals_reference_greedy_search(tiny_adamra_checkpoint, tiny_data_bin):
     max_len_b = 12
-    result = run(["fairseq-generate", tiny_data_bin, "--user-dir", USER_DIR, "--path", tiny_adamra_checkpoint,
+    # the relative --user-dir form of the README, run from the repository root
+    result = run(["fairseq-generate", tiny_data_bin, "--user-dir", "adamra_fairseq", "--path", tiny_adamra_checkpoint,
                   "--cpu", "--gen-subset", "test", "--beam", "1", "--max-len-a", "0", "--max-len-b", str(max_len_b),
                   "--batch-size", "8", "--required-batch-size-multiple", "1"])
     hypotheses = {}

@@ -77,3 +77,34 @@ def test_generate_script_reports_missing_inputs(tiny_data_bin, tmp_path):
     train = os.path.join(REPO_ROOT, "scripts", "train.sh")
     result = run(["bash", train, str(tmp_path), str(tmp_path / "ck"), "--arch", "transformer"], check=False)
     assert result.returncode == 2 and "is not a fairseq data-bin" in result.stderr
+
+
+def test_top1_routing_trains_with_the_balance_loss(tiny_data_bin, tmp_path):
+    result = run(["bash", os.path.join(REPO_ROOT, "scripts", "train.sh"), tiny_data_bin, str(tmp_path / "top1"),
+                  "--arch", "adamra_transformer_tiny", *TINY_MODEL_FLAGS, "--adamra-rates", "1,4",
+                  "--adamra-routing", "top1", "--adamra-balance-loss", "0.01",
+                  "--criterion", "adamra_label_smoothed_cross_entropy",
+                  "--max-update", "6", "--max-tokens", "1000", "--no-epoch-checkpoints", "--log-interval", "2"])
+    balance_values = [float(part.split("=")[1]) for line in (result.stdout + result.stderr).splitlines()
+                      if "train_inner" in line for part in line.split(", ") if part.startswith("adamra_balance=")]
+    assert balance_values, "the balance loss was not logged"
+    # one term R * sum_r f_r P_r in (0, R] per AdaMRA attention: 3 of them (encoder, decoder, cross), R = 2
+    assert all(0.0 < value <= 3 * 2 + 1e-6 for value in balance_values)
+
+
+def test_sentencepiece_pipeline(tmp_path):
+    from conftest import synthetic_pairs, write_split
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_split(raw, "train", synthetic_pairs(200, 4))
+    write_split(raw, "valid", synthetic_pairs(10, 5))
+    write_split(raw, "test-toy", synthetic_pairs(10, 6))
+    run(["bash", "-c", f"source {REPO_ROOT}/examples/translation/common.sh; "
+                       f"segment_and_binarize {raw} {tmp_path} de en 0 spm 60 test-toy"])
+    data_bin = tmp_path / "data-bin"
+    config = json.load(open(data_bin / "preprocessing.json"))
+    assert config["bpe"] == "sentencepiece" and config["tokenizer"] == "none"
+    assert (data_bin / "spm.model").exists() and (data_bin / "test.de-en.de.bin").exists()
+    pieces = open(tmp_path / "spm" / "train.de", encoding="utf-8").readline().split()
+    assert pieces and all(piece for piece in pieces)

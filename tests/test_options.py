@@ -65,3 +65,30 @@ def test_fairseq_train_stops_before_training(tmp_path, flags, message):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert not (tmp_path / "ck").exists()
+
+
+def test_balance_loss_needs_our_criterion(tmp_path):
+    result = run(["fairseq-train", str(tmp_path), "--user-dir", "adamra_fairseq", "--cpu",
+                  "--arch", "adamra_transformer_tiny", "--task", "translation",
+                  "--adamra-routing", "top1", "--adamra-balance-loss", "0.1",
+                  "--criterion", "label_smoothed_cross_entropy"], check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --adamra-balance-loss 0.1 needs --criterion adamra_label_smoothed_cross_entropy "
+        "(got --criterion label_smoothed_cross_entropy)")
+
+
+def test_installed_package_registers_the_model_from_any_directory(tmp_path):
+    """`pip install -e .` (done by `make venv`) makes the plugin importable outside the repository."""
+    import os
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import adamra_fairseq; from fairseq.models import ARCH_MODEL_REGISTRY as r; "
+                               "print(r['adamra_transformer_tiny'].__name__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("AdaMRATransformerModel")

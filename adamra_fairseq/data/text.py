@@ -76,6 +76,7 @@ def train_sentencepiece(inputs: List[str], model_prefix: str, vocab_size: int) -
         input_sentence_size=2000000,
         shuffle_input_sentence=True,
         minloglevel=2,
+        hard_vocab_limit=False,  # small corpora: a smaller vocabulary instead of an error
     )
 
 

@@ -15,11 +15,14 @@ from fairseq.models.transformer import (
 )
 
 from ..modules.multires_attention import MultiResolutionAttention
-from ..modules.options import AdaMRAOptionError, add_adamra_args, fill_adamra_defaults, parse_adamra_options
+from ..modules.options import (
+    AdaMRAOptionError,
+    add_adamra_args,
+    check_balance_criterion,
+    fill_adamra_defaults,
+    parse_adamra_options,
+)
 from ..modules.transformer_layers import AdaMRADecoderLayer, AdaMRAEncoderLayer
-
-BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
-
 
 class AdaMRAEncoder(TransformerEncoderBase):
     def build_encoder_layer(self, cfg):
@@ -46,12 +49,8 @@ class AdaMRATransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args, task):
-        options = parse_adamra_options(args)
-        criterion = getattr(args, "criterion", None)
-        if options.balance_loss > 0 and criterion is not None and criterion != BALANCE_CRITERION:
-            raise AdaMRAOptionError(
-                f"--adamra-balance-loss needs --criterion {BALANCE_CRITERION} (got {criterion})"
-            )
+        parse_adamra_options(args)
+        check_balance_criterion(args)
         return super().build_model(args, task)
 
     @classmethod
@@ -78,6 +77,7 @@ def _validated(args) -> None:
     fill_adamra_defaults(args)
     try:
         parse_adamra_options(args)
+        check_balance_criterion(args)
     except AdaMRAOptionError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -7,6 +7,7 @@ from typing import Tuple
 from ..ops.feature_maps import FEATURE_MAPS
 
 ROUTINGS = ("soft", "top1")
+BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
 ATTENTION_PLACES = ("encoder", "decoder", "cross")
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
@@ -137,6 +138,16 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     if "decoder" in places or "cross" in places:  # cross-attention uses the decoder's heads
         _check_heads(rates, _heads(args, "decoder"), "--decoder-attention-heads")
     return AdaMRAOptions(rates, routing, balance, feature_map, places, chunk, eps)
+
+
+def check_balance_criterion(args) -> None:
+    """The balance loss only reaches training through our criterion; say so instead of ignoring it."""
+    weight = float(getattr(args, "adamra_balance_loss", 0.0) or 0.0)
+    criterion = getattr(args, "criterion", None)
+    if weight > 0 and criterion is not None and criterion != BALANCE_CRITERION:
+        raise AdaMRAOptionError(
+            f"--adamra-balance-loss {weight} needs --criterion {BALANCE_CRITERION} (got --criterion {criterion})"
+        )
 
 
 def _heads(args, side: str) -> int:
