@@ -108,3 +108,23 @@ def test_sentencepiece_pipeline(tmp_path):
     assert (data_bin / "spm.model").exists() and (data_bin / "test.de-en.de.bin").exists()
     pieces = open(tmp_path / "spm" / "train.de", encoding="utf-8").readline().split()
     assert pieces and all(piece for piece in pieces)
+
+
+def test_hub_interface_translates_with_an_adamra_checkpoint(tiny_data_bin, tiny_adamra_checkpoint):
+    """The README's Python example: from_pretrained + translate()."""
+    from adamra_fairseq.models.adamra_transformer import AdaMRATransformerModel
+
+    translator = AdaMRATransformerModel.from_pretrained(
+        os.path.dirname(tiny_adamra_checkpoint),
+        checkpoint_file=os.path.basename(tiny_adamra_checkpoint),
+        data_name_or_path=tiny_data_bin,
+        tokenizer="moses", bpe="subword_nmt", bpe_codes=os.path.join(tiny_data_bin, "bpecodes"),
+        source_lang="de", target_lang="en",
+    )
+    translator.eval()
+    outputs = translator.translate(["das haus ist rot .", "der hund sieht die katze ."], beam=2, max_len_b=12)
+    assert len(outputs) == 2 and all(isinstance(text, str) for text in outputs)
+    # the hub model runs our attention
+    from adamra_fairseq.modules import MultiResolutionAttention
+
+    assert isinstance(translator.models[0].encoder.layers[0].self_attn, MultiResolutionAttention)

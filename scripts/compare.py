@@ -1,0 +1,251 @@
+"""AdaMRA against the vanilla transformer on the same data, sizes, optimiser, schedule, budget and seeds.
+
+usage: python scripts/compare.py [--data-bin DIR] [--seeds 1,2] [--max-update N | --max-minutes M]
+                                 [--size tiny|iwslt] [--adamra-rates 1,2,4,8] [--adamra-routing soft|top1]
+                                 [--adamra-attention encoder,decoder,cross] [--out DIR]
+
+For each seed, trains ``transformer`` and ``adamra_transformer`` (same sizes)
+with scripts/train.sh, generates every test subset of the data-bin with
+scripts/generate.sh (beam 5) and reports sacreBLEU BLEU and chrF (mean and
+spread over seeds) per test set, training words/s, generation tokens/s,
+peak memory (resident set of the training / generation process) and the
+validation-loss curves. Writes report.md, results.json, loss_curves.png and
+bleu_per_seed.png under --out. Finished runs are reused when re-run with the
+same --out (fairseq resumes from checkpoint_last.pt and stops at once).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = {
+    "tiny": {"transformer": "transformer_adamra_tiny_baseline", "adamra": "adamra_transformer_tiny"},
+    "iwslt": {"transformer": "transformer_iwslt_de_en", "adamra": "adamra_transformer_iwslt_de_en"},
+}
+_FLOAT = r"([0-9.eE+-]+)"
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_measured(command, log_path, env):
+    """Runs ``command`` with stdout+stderr to ``log_path``; returns (exit code, seconds, peak RSS in MB)."""
+    start = time.time()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code, time.time() - start, usage.ru_maxrss / 1024
+
+
+def parse_training_log(path):
+    """Validation loss by update, mean training words/s of the logged intervals, final update count."""
+    curve, wps, updates = [], [], 0
+    with open(path, errors="replace") as handle:
+        for line in handle:
+            if "| valid on 'valid' subset" in line:
+                loss = re.search(r"\| loss " + _FLOAT, line)
+                step = re.search(r"\| num_updates (\d+)", line)
+                if loss and step:
+                    curve.append((int(step.group(1)), float(loss.group(1))))
+            elif "train_inner" in line:
+                speed = re.search(r"wps=" + _FLOAT, line)
+                step = re.search(r"num_updates=(\d+)", line)
+                if speed:
+                    wps.append(float(speed.group(1)))
+                if step:
+                    updates = int(step.group(1))
+    return {"valid_loss": curve, "train_wps": statistics.mean(wps) if wps else None, "updates": updates}
+
+
+def generation_speed(path):
+    """tokens/s from fairseq-generate's closing 'Translated ...' line."""
+    with open(path, errors="replace") as handle:
+        for line in handle:
+            found = re.search(r"Translated .* sentences \(.* tokens\) in .*s \(.* sentences/s, " + _FLOAT + " tokens/s\\)",
+                              line)
+            if found:
+                return float(found.group(1))
+    return None
+
+
+def mean_spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(mean, spread, digits=2):
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if spread else f"{mean:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-bin", default=os.path.join(REPO_ROOT, "data", "debian-de-en", "data-bin"))
+    parser.add_argument("--seeds", default="1", help="comma list of seeds, e.g. 1,2,3")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max-update", type=int, help="same number of updates for both models (default 600)")
+    budget.add_argument("--max-minutes", type=float, help="same wall-clock training time for both models")
+    parser.add_argument("--size", choices=sorted(ARCHS), default="tiny")
+    parser.add_argument("--adamra-rates", help="ablation, e.g. 1 for single-resolution linear attention")
+    parser.add_argument("--adamra-routing", choices=("soft", "top1"))
+    parser.add_argument("--adamra-attention", help="e.g. encoder for AdaMRA only in the encoder")
+    parser.add_argument("--lr", default="1e-3")
+    parser.add_argument("--warmup-updates", default="200")
+    parser.add_argument("--dropout", default="0.1")
+    parser.add_argument("--max-tokens", default="4096")
+    parser.add_argument("--validate-interval-updates", default="200")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="results folder (default results/compare-<time>)")
+    args = parser.parse_args()
+
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        fail(f"--seeds {args.seeds!r} is not a comma list of integers")
+    if args.max_update is not None and args.max_update < 1:
+        fail(f"--max-update {args.max_update} must be >= 1")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        fail(f"--max-minutes {args.max_minutes} must be > 0")
+    if not os.path.isfile(os.path.join(args.data_bin, "preprocessing.json")):
+        fail(f"{args.data_bin} has no preprocessing.json: build it with examples/translation/prepare-debian-de-en.sh "
+             "(or prepare-iwslt14.sh) first")
+    with open(os.path.join(args.data_bin, "preprocessing.json")) as handle:
+        test_sets = json.load(handle)["test_sets"]
+    out = args.out or os.path.join(REPO_ROOT, "results", "compare-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    budget_flags = (["--stop-time-hours", str(args.max_minutes / 60), "--max-update", "1000000"]
+                    if args.max_minutes else ["--max-update", str(args.max_update or 600)])
+    budget_text = f"{args.max_minutes} minutes" if args.max_minutes else f"{args.max_update or 600} updates"
+    adamra_flags = []
+    for flag in ("adamra_rates", "adamra_routing", "adamra_attention"):
+        if getattr(args, flag):
+            adamra_flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+
+    print(f"comparing on {args.data_bin}: seeds {seeds}, budget {budget_text}, {args.size} sizes, "
+          f"{args.threads} threads; results in {out}", flush=True)
+    runs = {model: {} for model in ARCHS[args.size]}
+    jobs = [(seed, model) for seed in seeds for model in ARCHS[args.size]]
+    started = time.time()
+    for index, (seed, model) in enumerate(jobs, 1):
+        arch = ARCHS[args.size][model]
+        save_dir = os.path.join(out, model, f"seed{seed}")
+        os.makedirs(save_dir, exist_ok=True)
+        elapsed = time.time() - started
+        eta = f", about {elapsed / (index - 1) * (len(jobs) - index + 1) / 60:.0f} min left" if index > 1 else ""
+        print(f"[{index}/{len(jobs)}] training {arch} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})", flush=True)
+        command = ["bash", "scripts/train.sh", args.data_bin, save_dir, "--arch", arch, "--seed", str(seed),
+                   "--lr", args.lr, "--warmup-updates", args.warmup_updates, "--dropout", args.dropout,
+                   "--max-tokens", args.max_tokens, "--validate-interval-updates", args.validate_interval_updates,
+                   "--no-epoch-checkpoints", "--log-interval", "50", *budget_flags]
+        if model == "adamra":
+            command += adamra_flags
+        log_path = os.path.join(save_dir, "train.log")
+        code, seconds, peak_mb = run_measured(command, log_path, env)
+        if code != 0:
+            fail(f"training {arch} seed {seed} failed (exit {code}); see {log_path}")
+        record = {"seed": seed, "arch": arch, "train_seconds": seconds, "train_peak_mb": peak_mb,
+                  **parse_training_log(log_path), "tests": {}}
+        for subset, name in test_sets.items():
+            generate_log = os.path.join(save_dir, f"generate-{subset}.log")
+            code, gen_seconds, gen_peak = run_measured(
+                ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"), subset,
+                 "--max-len-a", "1.2", "--max-len-b", "10"], generate_log, env)
+            if code != 0:
+                fail(f"generating {subset} with {arch} seed {seed} failed (exit {code}); see {generate_log}")
+            with open(os.path.join(save_dir, f"generate-{subset}.json")) as handle:
+                scores = json.load(handle)
+            scores.update(generate_seconds=gen_seconds, generate_peak_mb=gen_peak,
+                          generate_tokens_per_s=generation_speed(os.path.join(save_dir, f"generate-{subset}.txt")))
+            record["tests"][name] = scores
+            print(f"      {name}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}", flush=True)
+        runs[model][seed] = record
+
+    write_report(out, args, runs, test_sets, seeds, budget_text)
+
+
+def write_report(out, args, runs, test_sets, seeds, budget_text):
+    lines = [f"# AdaMRA vs transformer ({args.size} sizes)", "",
+             f"Command: `python scripts/compare.py {' '.join(sys.argv[1:])}`  ",
+             f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; data: `{args.data_bin}`; "
+             f"seeds {seeds}; budget {budget_text} each; {args.threads} threads.", "",
+             "| model | test set | BLEU | chrF |", "|---|---|---:|---:|"]
+    summary = {}
+    for model, by_seed in runs.items():
+        for name in test_sets.values():
+            bleu = mean_spread([r["tests"][name]["bleu"] for r in by_seed.values()])
+            chrf = mean_spread([r["tests"][name]["chrf"] for r in by_seed.values()])
+            summary[f"{model}|{name}"] = {"bleu": bleu, "chrf": chrf}
+            lines.append(f"| {model} | {name} | {fmt(*bleu)} | {fmt(*chrf)} |")
+    lines += ["", "| model | updates | train words/s | train peak MB | generate tokens/s | generate peak MB |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for model, by_seed in runs.items():
+        records = list(by_seed.values())
+        gen_speed = mean_spread([t["generate_tokens_per_s"] for r in records for t in r["tests"].values()])
+        gen_peak = mean_spread([t["generate_peak_mb"] for r in records for t in r["tests"].values()])
+        lines.append(f"| {model} | {fmt(*mean_spread([r['updates'] for r in records]), digits=0)} "
+                     f"| {fmt(*mean_spread([r['train_wps'] for r in records]), digits=0)} "
+                     f"| {fmt(*mean_spread([r['train_peak_mb'] for r in records]), digits=0)} "
+                     f"| {fmt(*gen_speed, digits=0)} | {fmt(*gen_peak, digits=0)} |")
+    first = next(iter(next(iter(runs.values())).values()))
+    signature = next(iter(first["tests"].values()))
+    lines += ["", f"sacreBLEU signatures: BLEU `{signature['bleu_signature']}`, chrF `{signature['chrf_signature']}`.",
+              "Spread is the sample standard deviation over seeds (absent with one seed)."]
+    report = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "report.md"), "w") as handle:
+        handle.write(report)
+    with open(os.path.join(out, "results.json"), "w") as handle:
+        json.dump({"command": sys.argv, "runs": runs, "summary": summary}, handle, indent=1)
+    plot(out, runs, test_sets)
+    print("\n" + report)
+    print(f"wrote {out}/report.md, results.json, loss_curves.png, bleu_per_seed.png")
+
+
+def plot(out, runs, test_sets):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model, by_seed in runs.items():
+        for seed, record in by_seed.items():
+            if record["valid_loss"]:
+                steps, losses = zip(*record["valid_loss"])
+                axis.plot(steps, losses, marker="o", label=f"{model} seed {seed}")
+    axis.set(xlabel="updates", ylabel="validation loss (label-smoothed, base 2)", title="validation loss")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(out, "loss_curves.png"), dpi=110)
+
+    names = list(test_sets.values())
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for offset, (model, by_seed) in enumerate(runs.items()):
+            seeds = sorted(by_seed)
+            axis.bar([i + 0.4 * offset for i in range(len(seeds))], [by_seed[s]["tests"][name]["bleu"] for s in seeds],
+                     width=0.4, label=model)
+            axis.set_xticks([i + 0.2 for i in range(len(seeds))], [f"seed {s}" for s in seeds])
+        axis.set(title=name, ylabel="BLEU")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(out, "bleu_per_seed.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()
