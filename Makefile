@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest
 
-.PHONY: venv demo test test-slow clean-demo
+.PHONY: venv demo test test-slow bench compare
 
 venv: $(STAMP)
 
@@ -27,4 +27,11 @@ test: $(STAMP)
 	$(PYTEST) -q -m "not slow" tests
 
 test-slow: $(STAMP)
-	$(PYTEST) -q -m slow tests
+	$(PYTEST) -q -m slow tests || [ $$? -eq 5 ]  # exit 5: no test is marked slow
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_attention.py --quick
+	$(BIN)/python scripts/bench_generate.py --quick
+
+compare: $(STAMP)
+	$(BIN)/python scripts/compare.py $(COMPARE_ARGS)

@@ -7,9 +7,10 @@ allow-lists the globals fairseq checkpoints need in torch's safe loader.
 
 __version__ = "0.1.0"
 
-from .checkpoint_safety import allow_fairseq_checkpoint_globals
+from .checkpoint_safety import allow_fairseq_checkpoint_globals, explain_refused_checkpoints
 
 allow_fairseq_checkpoint_globals()
+explain_refused_checkpoints()
 
 from . import criterions, models, modules, ops  # noqa: E402,F401  (registers with fairseq)
 from .criterions import adamra_label_smoothed_cross_entropy  # noqa: E402,F401

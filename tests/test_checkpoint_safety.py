@@ -12,6 +12,10 @@ import adamra_fairseq  # noqa: F401  (allow-lists the fairseq checkpoint globals
 from fairseq import checkpoint_utils
 
 
+class Harmless:
+    pass
+
+
 class RunsACommand:
     """Unpickling this object would run a shell command."""
 
@@ -40,9 +44,21 @@ def test_checkpoint_with_arbitrary_callable_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": RunsACommand(marker)}, path)
-    with pytest.raises(pickle.UnpicklingError, match="system"):
+    with pytest.raises(pickle.UnpicklingError) as refused:
         checkpoint_utils.load_checkpoint_to_cpu(str(path))
     assert not marker.exists()
+    message = str(refused.value)  # one line: names the global and how to allow it explicitly
+    assert "\n" not in message
+    assert f"refused to load {path}: it pickles posix.system" in message
+    assert "torch.serialization.add_safe_globals([posix.system])" in message
+
+
+def test_refusal_of_an_allowable_global_names_it(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"model": {}, "odd": Harmless()}, path)  # a harmless but unexpected class
+    with pytest.raises(pickle.UnpicklingError) as refused:
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert f"it pickles {Harmless.__module__}.Harmless" in str(refused.value)
 
 
 def test_safe_loading_is_still_the_default():
