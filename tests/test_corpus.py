@@ -141,3 +141,28 @@ def test_prepare_script_rejects_bad_options_and_keeps_built_data(tmp_path):
     assert result.returncode == 2 and "no libreoffice-help-en-us_*.deb" in result.stderr
     assert (tmp_path / "work" / "raw" / "keep.txt").read_text() == "user data"
     assert not (tmp_path / "work" / "debs").exists()  # only the .partial folder was written, never a complete-looking one
+
+
+def test_iwslt_extraction_follows_the_fairseq_recipe(tmp_path):
+    from adamra_fairseq.data import iwslt
+
+    orig = tmp_path / "de-en"
+    lines = {"de": [], "en": []}
+    for index in range(46):
+        lines["de"].append(f"Satz nummer {index} .")
+        lines["en"].append(f"sentence number {index} .")
+    for lang, meta in (("de", "<url>http://x</url>"), ("en", "<url>http://x</url>")):
+        body = [meta, "<talkid>1</talkid>", f"<title>Titel {lang}</title>"] + lines[lang]
+        write(orig / f"train.tags.de-en.{lang}", "\n".join(body) + "\n")
+        for name in iwslt.TEST_FILES:
+            write(orig / f"{name}.de-en.{lang}.xml",
+                  f'<doc docid="1">\n<seg id="1"> {name} eins {lang} </seg>\n<seg id="2">it\u2019s {lang}</seg>\n</doc>\n')
+    sides = iwslt.build_iwslt(str(orig))
+    assert sides["train"]["de"][0] == "Titel de" and sides["train"]["en"][0] == "Titel en"
+    assert len(sides["valid"]["de"]) == 47 // 23 and sides["valid"]["en"][0] == "sentence number 21 ."
+    assert len(sides["train"]["de"]) + len(sides["valid"]["de"]) == 47
+    assert len(sides["test"]["en"]) == 2 * len(iwslt.TEST_FILES)
+    assert sides["test"]["en"][:2] == ["IWSLT14.TED.dev2010 eins en", "it's en"]
+    (orig / "IWSLT14.TED.tst2012.de-en.de.xml").unlink()
+    with pytest.raises(CorpusError, match="missing file: .*tst2012"):
+        iwslt.build_iwslt(str(orig))

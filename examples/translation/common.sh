@@ -21,6 +21,26 @@ need_tool() {
         || die "missing tool '$1': run 'make venv' in $REPO_ROOT (or activate the environment that has it)"
 }
 
+# parse_recipe_options EXTRA_FLAG EXTRA_VAR "$@": the options every recipe takes
+#   (--out DIR, --spm, --bpe-size N, --help) plus one recipe-specific flag with a
+#   value, stored in the variable named EXTRA_VAR. Sets OUT, KIND and SIZE
+#   (defaults from the caller).
+parse_recipe_options() {
+    local extra_flag="$1" extra_var="$2"; shift 2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
+            --spm) KIND=spm; shift ;;
+            --bpe-size) SIZE="${2:?--bpe-size needs a number}"; shift 2 ;;
+            -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+            "$extra_flag") printf -v "$extra_var" '%s' "${2:?$extra_flag needs a value}"; shift 2 ;;
+            *) die "unknown option '$1' (see --help)" ;;
+        esac
+    done
+    [[ "$SIZE" =~ ^[1-9][0-9]*$ ]] || die "--bpe-size '$SIZE' is not a positive integer"
+    if [ "$KIND" = spm ]; then OUT="$OUT-spm"; fi
+}
+
 # data_cli ARGS...: the corpus tools of the plugin (python -m adamra_fairseq.data).
 data_cli() { PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m adamra_fairseq.data "$@"; }
 
@@ -32,7 +52,7 @@ step() {
         return 0
     fi
     rm -rf "$dir.partial"
-    mkdir -p "$dir.partial"
+    mkdir -p "$dir.partial"  # and its parents
     echo "building $dir"
     "$@" "$dir.partial"
     mv "$dir.partial" "$dir"

@@ -16,19 +16,7 @@ DEBS=""
 KIND=bpe
 SIZE=8000
 PACKAGES=(libreoffice-help-en-us libreoffice-help-de trans-de-en)
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
-        --debs) DEBS="${2:?--debs needs a folder}"; shift 2 ;;
-        --spm) KIND=spm; shift ;;
-        --bpe-size) SIZE="${2:?--bpe-size needs a number}"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-        *) die "unknown option '$1' (see --help)" ;;
-    esac
-done
-[[ "$SIZE" =~ ^[1-9][0-9]*$ ]] || die "--bpe-size '$SIZE' is not a positive integer"
-[ "$KIND" = spm ] && OUT="$OUT-spm"
-mkdir -p "$OUT"
+parse_recipe_options --debs DEBS "$@"
 
 fetch_debs() {  # into $1
     if [ -n "$DEBS" ]; then

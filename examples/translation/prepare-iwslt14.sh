@@ -17,20 +17,8 @@ OUT="data/iwslt14-de-en"
 ARCHIVE=""
 KIND=bpe
 SIZE=10000
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
-        --archive) ARCHIVE="${2:?--archive needs a file}"; shift 2 ;;
-        --spm) KIND=spm; shift ;;
-        --bpe-size) SIZE="${2:?--bpe-size needs a number}"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-        *) die "unknown option '$1' (see --help)" ;;
-    esac
-done
-[[ "$SIZE" =~ ^[1-9][0-9]*$ ]] || die "--bpe-size '$SIZE' is not a positive integer"
+parse_recipe_options --archive ARCHIVE "$@"
 [ -z "$ARCHIVE" ] || [ -s "$ARCHIVE" ] || die "missing or empty archive: $ARCHIVE"
-[ "$KIND" = spm ] && OUT="$OUT-spm"
-mkdir -p "$OUT"
 
 download() {  # $1 = out
     if [ -n "$ARCHIVE" ]; then
