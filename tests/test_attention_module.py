@@ -199,3 +199,13 @@ def test_top1_balance_loss_is_the_switch_formula_and_has_gradients():
     gate.eval()
     gate(x)
     assert gate.balance_loss is None
+
+
+def test_causal_marker_equals_the_triangular_mask():
+    from adamra_fairseq.modules.multires_attention import causal_marker
+
+    module = make_module(rates=(1, 4), chunk=8)
+    x = torch.randn(13, 2, EMBED, dtype=torch.float64)
+    with_mask, _ = module(x, x, x, attn_mask=future_mask(13))
+    with_marker, _ = module(x, x, x, attn_mask=causal_marker())
+    assert torch.equal(with_mask, with_marker)

@@ -14,7 +14,7 @@ from fairseq.models.transformer import (
     transformer_wmt_en_de,
 )
 
-from ..modules.multires_attention import MultiResolutionAttention
+from ..modules.multires_attention import MultiResolutionAttention, causal_marker
 from ..modules.options import (
     AdaMRAOptionError,
     add_adamra_args,
@@ -36,6 +36,12 @@ class AdaMRADecoder(TransformerDecoderBase):
         if cfg.checkpoint_activations:
             raise ValueError("AdaMRA layers do not support --checkpoint-activations yet")
         return AdaMRADecoderLayer(cfg, no_encoder_attn)
+
+    def buffered_future_mask(self, tensor):
+        """No T x T mask when every self-attention is AdaMRA: an empty marker tells it to run causally."""
+        if all(isinstance(layer.self_attn, MultiResolutionAttention) for layer in self.layers):
+            return causal_marker(tensor.device)
+        return super().buffered_future_mask(tensor)
 
 
 @register_model("adamra_transformer")

@@ -4,7 +4,9 @@ Which computation runs follows what fairseq passes in:
 
 * no ``attn_mask``, no incremental state: bidirectional (encoder self-attention,
   cross-attention during training);
-* the decoder's triangular future mask: the chunked causal op;
+* the decoder's triangular future mask, or the empty :func:`causal_marker`
+  that ``AdaMRADecoder`` passes instead of building a T x T mask: the chunked
+  causal op;
 * ``incremental_state`` in self-attention: one recurrent step per position;
 * ``incremental_state`` with ``static_kv`` (cross-attention): the per-head
   summaries ``(S, z)`` of the encoder output are computed at the first step,
@@ -29,7 +31,13 @@ from ..ops.recurrent import causal_step, initial_state
 from .options import AdaMRAOptions
 from .resolution_gate import ResolutionGate
 
-_CROSS_STATE = ("kv", "k_sum")
+def causal_marker(device=None) -> Tensor:
+    """An empty ``attn_mask`` that means "causal": AdaMRA decoders pass it instead of a T x T mask."""
+    return torch.empty(0, device=device)
+
+
+def is_causal_marker(mask: Tensor) -> bool:
+    return mask.numel() == 0
 
 
 def is_future_mask(mask: Tensor, length: int) -> bool:
@@ -169,6 +177,8 @@ class MultiResolutionAttention(nn.Module):
         return torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)
 
     def _check_future_mask(self, attn_mask: Tensor, length: int) -> None:
+        if is_causal_marker(attn_mask):
+            return
         signature = (attn_mask.data_ptr(), tuple(attn_mask.shape))
         if self._verified_mask == signature:
             return
