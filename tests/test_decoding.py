@@ -130,3 +130,20 @@ def test_fairseq_generate_equals_reference_greedy_search(tiny_adamra_checkpoint,
             tokens, score = reference_greedy(model, dataset[index]["source"], dictionary, max_len_b)
             assert hypotheses[index][1] == dictionary.string(torch.tensor(tokens)), f"sentence {index}"
             assert hypotheses[index][0] == pytest.approx(score / math.log(2), abs=2e-4)
+
+
+def test_decoder_builds_no_square_mask_when_all_self_attention_is_adamra(tiny_adamra_checkpoint, tiny_data_bin):
+    model, _, _ = load(tiny_adamra_checkpoint, tiny_data_bin, dtype=torch.float32, random_gates=False)
+    x = torch.zeros(50, 2, 8)
+    assert model.decoder.buffered_future_mask(x).numel() == 0
+
+
+def test_softmax_decoder_self_attention_keeps_fairseq_mask(tiny_data_bin, tmp_path):
+    from conftest import train_tiny
+
+    checkpoint = train_tiny(tiny_data_bin, tmp_path / "enc-only", "adamra_transformer_tiny",
+                            ["--adamra-attention", "encoder,cross", "--adamra-rates", "1,2", "--max-update", "2"])
+    model, _, _ = load(checkpoint, tiny_data_bin, dtype=torch.float32, random_gates=False)
+    assert not isinstance(model.decoder.layers[0].self_attn, MultiResolutionAttention)
+    assert isinstance(model.decoder.layers[0].encoder_attn, MultiResolutionAttention)
+    assert model.decoder.buffered_future_mask(torch.zeros(7, 2, 8)).shape == (7, 7)

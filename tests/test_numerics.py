@@ -90,9 +90,9 @@ def test_incremental_states_are_fp32_under_low_precision():
     x = torch.randn(1, 2, EMBED, dtype=torch.bfloat16)
     layer(x, x, x, incremental_state=state)
     buffer = layer._get_input_buffer(state)
-    assert buffer["kv"].dtype == torch.float32 and buffer["k_sum"].dtype == torch.float32
+    assert all(tensor.dtype == torch.float32 for tensor in buffer.values())
     cross = module(cross=True).to(torch.bfloat16)
     cross_state = {}
     source = torch.randn(9, 2, EMBED, dtype=torch.bfloat16)
     cross(x, source, source, incremental_state=cross_state, static_kv=True)
-    assert cross._get_input_buffer(cross_state)["kv"].dtype == torch.float32
+    assert cross._get_input_buffer(cross_state)["summary"].dtype == torch.float32

@@ -165,16 +165,14 @@ class MultiResolutionAttention(nn.Module):
         return scatter_time(out, order) if order is not None else out
 
     def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
-        kv, k_sum = self._summaries(k, v, key_padding_mask)
-        return attend_state(q, kv, k_sum, self.feature_map, self.eps)
+        return attend_state(q, self._summaries(k, v, key_padding_mask), self.feature_map, self.eps)
 
-    def _summaries(self, k, v, key_padding_mask) -> Tuple[Tensor, Tensor]:
-        """Per-head ``S (B, H, D, D)`` and ``z (B, H, D)`` of the pooled keys/values."""
-        states = [
+    def _summaries(self, k, v, key_padding_mask) -> Tensor:
+        """Per-head ``[S | z]`` ``(B, H, D, D + 1)`` of the pooled keys/values."""
+        return torch.cat([
             kv_state(kg, vg, rate, key_padding_mask, self.feature_map)
             for kg, vg, rate in zip(self._groups(k), self._groups(v), self.rates)
-        ]
-        return torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)
+        ], dim=1)
 
     def _check_future_mask(self, attn_mask: Tensor, length: int) -> None:
         if is_causal_marker(attn_mask):
@@ -192,31 +190,31 @@ class MultiResolutionAttention(nn.Module):
         if attn_mask is not None:
             raise ValueError("MultiResolutionAttention cross-attention does not take an attn_mask")
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
-        if static_kv and saved.get("kv") is not None:
-            kv, k_sum = saved["kv"], saved["k_sum"]
+        if static_kv and saved.get("summary") is not None:
+            summary = saved["summary"]
         else:
             k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(key))
-            kv, k_sum = self._summaries(k, v, key_padding_mask)
+            summary = self._summaries(k, v, key_padding_mask)
             if incremental_state is not None and static_kv:
-                self._set_input_buffer(incremental_state, {"kv": kv, "k_sum": k_sum})
-        return attend_state(q, kv, k_sum, self.feature_map, self.eps)
+                self._set_input_buffer(incremental_state, {"summary": summary})
+        return attend_state(q, summary, self.feature_map, self.eps)
 
     def _decode_steps(self, q, key, value, incremental_state) -> Tensor:
         """Causal self-attention one position at a time, carrying the recurrent state."""
         k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         state = self._get_input_buffer(incremental_state)
-        if state.get("kv") is None:
+        if state.get("summary") is None:
             batch = q.size(0)
             state = initial_state(batch, self.num_heads, self.head_dim, self.head_dim, q.dtype, q.device)
         outputs = []
-        for position in range(q.size(2)):
+        for position in range(q.size(2)):  # generation passes one position at a time
             out, state = causal_step(
                 q[:, :, position], k[:, :, position], v[:, :, position], state,
                 self.head_rates, self.feature_map, self.eps,
             )
-            outputs.append(out.to(q.dtype))
+            outputs.append(out.to(q.dtype).unsqueeze(2))
         self._set_input_buffer(incremental_state, state)
-        return torch.stack(outputs, dim=2)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
     # ----- incremental state (fairseq contract) --------------------------
     def _get_input_buffer(self, incremental_state) -> Dict[str, Optional[Tensor]]:

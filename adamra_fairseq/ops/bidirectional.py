@@ -5,13 +5,17 @@ For one group of heads sharing a rate r:
     S = sum_j phi(kbar_j) vbar_j^T,   z = sum_j phi(kbar_j),
     o_t = phi(q_t)^T S / (phi(q_t)^T z + eps)
 
-where kbar_j, vbar_j are means over blocks of r real tokens. Time and memory
-are linear in the sequence length; S and z are accumulated in at least fp32.
+where kbar_j, vbar_j are means over blocks of r real tokens. S and z are kept
+side by side as one ``(D, Dv + 1)`` matrix ``[S | z]`` (the values get a
+column of ones), so one product gives numerator and normaliser. Time and
+memory are linear in the sequence length; the summary is accumulated in at
+least fp32.
 """
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .feature_maps import FeatureMap, elu_plus_one
 from .padding import gather_time, has_padding, left_align_order, real_lengths
@@ -23,45 +27,54 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def with_ones(v: torch.Tensor) -> torch.Tensor:
+    """``(..., Dv)`` -> ``(..., Dv + 1)``: values with a trailing 1, so ``phi(k)^T [v, 1] = [S | z]``."""
+    return F.pad(v, (0, 1), value=1.0)
+
+
+def normalise(numerator_with_sum: torch.Tensor, eps: float) -> torch.Tensor:
+    """``[n | d]`` -> ``n / (d + eps)``."""
+    return numerator_with_sum[..., :-1] / (numerator_with_sum[..., -1:] + eps)
+
+
 def kv_state(
     k: torch.Tensor,
     v: torch.Tensor,
     rate: int,
     key_padding_mask: Optional[torch.Tensor] = None,
     feature_map: FeatureMap = elu_plus_one,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Summary ``(S, z)`` of pooled keys/values.
+) -> torch.Tensor:
+    """Summary ``[S | z]`` of pooled keys/values.
 
     Args:
         k: ``(B, h, S, D)``; v: ``(B, h, S, Dv)``.
         key_padding_mask: ``(B, S)``, True = pad, or None.
     Returns:
-        S ``(B, h, D, Dv)`` and z ``(B, h, D)`` in the accumulation dtype.
+        ``(B, h, D, Dv + 1)`` in the accumulation dtype.
     """
     batch, _, seq_len, _ = k.shape
-    lengths = real_lengths(key_padding_mask, batch, seq_len, k.device)
-    if has_padding(key_padding_mask):
+    padded = has_padding(key_padding_mask)
+    lengths = real_lengths(key_padding_mask if padded else None, batch, seq_len, k.device)
+    if padded:
         order = left_align_order(key_padding_mask)
         k, v = gather_time(k, order), gather_time(v, order)
     acc = accumulation_dtype(k.dtype)
-    k_mean, sizes = block_means(k.to(acc), lengths, rate)
-    v_mean, _ = block_means(v.to(acc), lengths, rate)
-    phi_k = feature_map(k_mean) * (sizes > 0)[:, None, :, None].to(acc)
-    return phi_k.transpose(2, 3) @ v_mean, phi_k.sum(dim=2)
+    k_mean, sizes = block_means(k.to(acc), lengths, rate, padded)
+    v_mean, _ = block_means(v.to(acc), lengths, rate, padded)
+    phi_k = feature_map(k_mean)
+    if padded:  # blocks past a short row's end are empty and carry no weight
+        phi_k = phi_k * (sizes > 0)[:, None, :, None].to(acc)
+    return phi_k.transpose(2, 3) @ with_ones(v_mean)
 
 
 def attend_state(
     q: torch.Tensor,
-    kv: torch.Tensor,
-    k_sum: torch.Tensor,
+    summary: torch.Tensor,
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """``phi(q) S / (phi(q) z + eps)`` for q ``(B, h, T, D)``; returns ``(B, h, T, Dv)`` in q's dtype."""
-    phi_q = feature_map(q.to(kv.dtype))
-    numerator = phi_q @ kv
-    denominator = phi_q @ k_sum.unsqueeze(-1)
-    return (numerator / (denominator + eps)).to(q.dtype)
+    """``phi(q) S / (phi(q) z + eps)`` for q ``(B, h, T, D)`` and ``[S | z]``; returns ``(B, h, T, Dv)`` in q's dtype."""
+    return normalise(feature_map(q.to(summary.dtype)) @ summary, eps).to(q.dtype)
 
 
 def bidirectional_attention(
@@ -78,5 +91,4 @@ def bidirectional_attention(
     q ``(B, h, T, D)``, k ``(B, h, S, D)``, v ``(B, h, S, Dv)``,
     key_padding_mask ``(B, S)`` (True = pad) -> ``(B, h, T, Dv)``.
     """
-    kv, k_sum = kv_state(k, v, rate, key_padding_mask, feature_map)
-    return attend_state(q, kv, k_sum, feature_map, eps)
+    return attend_state(q, kv_state(k, v, rate, key_padding_mask, feature_map), feature_map, eps)

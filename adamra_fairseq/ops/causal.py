@@ -23,7 +23,7 @@ query never sees later positions, so trailing pads need no masking).
 import torch
 import torch.nn.functional as F
 
-from .bidirectional import accumulation_dtype
+from .bidirectional import accumulation_dtype, normalise, with_ones
 from .feature_maps import FeatureMap, elu_plus_one
 from .pooling import block_count
 
@@ -63,37 +63,31 @@ def causal_attention(
     q, k, v = (F.pad(x.to(acc), (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
 
     phi_q = feature_map(q)
-    k_running, v_running = running_block_means(k, rate), running_block_means(v, rate)
+    k_running = running_block_means(k, rate)
+    v_running = with_ones(running_block_means(v, rate))  # [mean v, 1]: numerator and normaliser together
     phi_k_running = feature_map(k_running)
     # Own (partial) block: one slot per query, elementwise.
     own_weight = (phi_q * phi_k_running).sum(dim=-1, keepdim=True)  # (B, h, Tp, 1)
-    numerator = own_weight * v_running
-    denominator = own_weight
+    read = own_weight * v_running
 
     # Complete blocks: the running mean at a block's last position is its full mean.
     blocks_per_chunk = chunk_size // rate
     shape = (batch, heads, num_chunks, blocks_per_chunk)
     phi_k_block = phi_k_running[:, :, rate - 1 :: rate].reshape(*shape, dim)
-    v_block = v_running[:, :, rate - 1 :: rate].reshape(*shape, v.size(-1))
+    v_block = v_running[:, :, rate - 1 :: rate].reshape(*shape, v_running.size(-1))
     phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, dim)
 
-    # Earlier chunks: exclusive prefix sums of per-chunk summaries.
-    chunk_kv = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, D, Dv)
-    chunk_k = phi_k_block.sum(dim=3)  # (B, h, N, D)
-    state_kv = F.pad(chunk_kv.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
-    state_k = F.pad(chunk_k.cumsum(dim=2), (0, 0, 1, 0))[:, :, :-1]
-    inter_numerator = phi_q_chunks @ state_kv
-    inter_denominator = phi_q_chunks @ state_k.unsqueeze(-1)
+    # Earlier chunks: exclusive prefix sum of per-chunk summaries [S | z].
+    chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, D, Dv + 1)
+    carried = F.pad(chunk_summary.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
+    inter = phi_q_chunks @ carried
 
     # Same chunk: blocks strictly before the query's own block.
     scores = phi_q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, C/r)
     query_block = torch.arange(chunk_size, device=q.device) // rate
     key_block = torch.arange(blocks_per_chunk, device=q.device)
     scores = scores * (key_block[None, :] < query_block[:, None]).to(acc)
-    intra_numerator = scores @ v_block
-    intra_denominator = scores.sum(dim=-1, keepdim=True)
+    intra = scores @ v_block
 
-    numerator = numerator + (inter_numerator + intra_numerator).view_as(numerator)
-    denominator = denominator + (inter_denominator + intra_denominator).view_as(denominator)
-    out = numerator / (denominator + eps)
+    out = normalise(read + (inter + intra).view_as(read), eps)
     return out[:, :, :seq_len].to(input_dtype)

@@ -16,13 +16,16 @@ def block_sizes(lengths: torch.Tensor, rate: int, num_blocks: int) -> torch.Tens
     return (lengths[:, None] - starts[None, :]).clamp(min=0, max=rate)
 
 
-def block_means(x: torch.Tensor, lengths: torch.Tensor, rate: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def block_means(
+    x: torch.Tensor, lengths: torch.Tensor, rate: int, has_pads: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Means of ``x`` over consecutive blocks of ``rate`` real tokens.
 
     Args:
         x: ``(B, h, T, D)`` left-aligned values (positions ``>= lengths`` are pads).
         lengths: ``(B,)`` real tokens per row.
         rate: block size ``r >= 1``.
+        has_pads: False promises every row is full (``lengths == T``), which skips masking.
     Returns:
         means ``(B, h, M, D)`` with ``M = ceil(T / r)`` (0 for empty blocks) and
         sizes ``(B, M)``, the number of real tokens in each block.
@@ -30,12 +33,13 @@ def block_means(x: torch.Tensor, lengths: torch.Tensor, rate: int) -> Tuple[torc
     batch, heads, seq_len, dim = x.shape
     num_blocks = block_count(seq_len, rate)
     sizes = block_sizes(lengths, rate, num_blocks)
-    real = torch.arange(seq_len, device=x.device)[None, :] < lengths[:, None]
-    x = x.masked_fill(~real[:, None, :, None], 0.0)
+    if has_pads:
+        real = torch.arange(seq_len, device=x.device)[None, :] < lengths[:, None]
+        x = x.masked_fill(~real[:, None, :, None], 0.0)
     if rate == 1:
         return x, sizes
     padded_len = num_blocks * rate
     if padded_len != seq_len:
         x = torch.nn.functional.pad(x, (0, 0, 0, padded_len - seq_len))
-    sums = x.view(batch, heads, num_blocks, rate, dim).sum(dim=3)
+    sums = x.reshape(batch, heads, num_blocks, rate, dim).sum(dim=3)
     return sums / sizes.clamp(min=1)[:, None, :, None].to(x.dtype), sizes

@@ -1,9 +1,10 @@
 """One step of causal AdaMRA attention for incremental decoding.
 
-Per head the state holds the complete blocks as ``(S, z)`` and the current
-(partial) block as running sums of k and v. A step adds the new token to the
-partial sums, reads ``phi(q)`` against the complete blocks plus the partial
-block's means, and folds the partial block into ``(S, z)`` once it holds r
+Per head the state holds the complete blocks as ``[S | z]`` (``(D, Dv + 1)``,
+see ``bidirectional.with_ones``) and the open block's running sums of k and
+of ``[v, 1]`` (whose last entry counts its tokens). A step adds the new token
+to the running sums, reads ``phi(q)`` against the complete blocks plus the
+open block's means, and folds the open block into ``[S | z]`` once it holds r
 tokens. Work and memory per step are O(H * D * Dv) at every position.
 
 The state is a dict of tensors whose first dimension is the batch (x beam)
@@ -14,21 +15,19 @@ from typing import Dict
 
 import torch
 
-from .bidirectional import accumulation_dtype
+from .bidirectional import accumulation_dtype, normalise, with_ones
 from .feature_maps import FeatureMap, elu_plus_one
 
 State = Dict[str, torch.Tensor]
 
 
 def initial_state(batch: int, heads: int, dim: int, value_dim: int, dtype, device) -> State:
-    """Empty state; ``steps`` ``(B,)`` counts the tokens seen so far."""
+    """Empty state (no complete block, an empty open block)."""
     acc = accumulation_dtype(dtype)
     return {
-        "kv": torch.zeros(batch, heads, dim, value_dim, dtype=acc, device=device),
-        "k_sum": torch.zeros(batch, heads, dim, dtype=acc, device=device),
-        "partial_k": torch.zeros(batch, heads, dim, dtype=acc, device=device),
-        "partial_v": torch.zeros(batch, heads, value_dim, dtype=acc, device=device),
-        "steps": torch.zeros(batch, dtype=torch.long, device=device),
+        "summary": torch.zeros(batch, heads, dim, value_dim + 1, dtype=acc, device=device),
+        "open_k": torch.zeros(batch, heads, dim, dtype=acc, device=device),
+        "open_v": torch.zeros(batch, heads, value_dim + 1, dtype=acc, device=device),
     }
 
 
@@ -46,31 +45,26 @@ def causal_step(
     Args:
         q, k: ``(B, H, D)``; v: ``(B, H, Dv)``, the newest position.
         state: from :func:`initial_state` or a previous step (not modified).
-        head_rates: ``(H,)`` long tensor, the rate of each head.
+        head_rates: ``(H,)``, the rate of each head.
     Returns:
         ``(out (B, H, Dv) in q's dtype, new state)``.
     """
-    acc = state["kv"].dtype
-    q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    partial_k = state["partial_k"] + k
-    partial_v = state["partial_v"] + v
-    # Tokens in the current block, including this one: (B, H, 1).
-    count = (state["steps"][:, None] % head_rates[None, :] + 1).unsqueeze(-1).to(acc)
-    phi_own = feature_map(partial_k / count)
-    own_v = partial_v / count
-
+    acc = state["summary"].dtype
+    if q.dtype != acc:
+        q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    open_k = state["open_k"] + k
+    open_v = state["open_v"] + with_ones(v)  # last entry: tokens in the open block
+    count = open_v[..., -1:]
+    phi_own = feature_map(open_k / count)
+    own_v = open_v / count  # [mean v, 1]
     phi_q = feature_map(q)
     own_weight = (phi_q * phi_own).sum(dim=-1, keepdim=True)
-    numerator = (phi_q.unsqueeze(-2) @ state["kv"]).squeeze(-2) + own_weight * own_v
-    denominator = (phi_q * state["k_sum"]).sum(dim=-1, keepdim=True) + own_weight
-    out = numerator / (denominator + eps)
-
-    complete = (count == head_rates[None, :, None].to(acc)).to(acc)  # (B, H, 1)
+    read = (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_weight * own_v
+    complete = count == head_rates.to(acc)[None, :, None]  # (B, H, 1): the open block is full
+    fold = (phi_own * complete).unsqueeze(-1) * own_v.unsqueeze(-2)  # zero where the block stays open
     new_state = {
-        "kv": state["kv"] + (complete * phi_own).unsqueeze(-1) * own_v.unsqueeze(-2),
-        "k_sum": state["k_sum"] + complete * phi_own,
-        "partial_k": partial_k * (1 - complete),
-        "partial_v": partial_v * (1 - complete),
-        "steps": state["steps"] + 1,
+        "summary": state["summary"] + fold,
+        "open_k": open_k.masked_fill(complete, 0.0),
+        "open_v": open_v.masked_fill(complete, 0.0),
     }
-    return out, new_state
+    return normalise(read, eps), new_state

@@ -1,0 +1,94 @@
+"""Markdown tables from the JSON that bench_attention.py and bench_generate.py write.
+
+usage: python scripts/bench_tables.py docs/figures/bench_attention.json [docs/figures/bench_generate.json]
+"""
+
+import json
+import statistics
+import sys
+
+REPORT_POSITIONS = (1, 16, 64, 256, 512, 1024)
+
+
+def header(record):
+    return (f"Command: `{record['command']}`; {record['date']}; CPU {record['cpu']}; "
+            f"{record['threads']} threads; torch {record['torch']}.")
+
+
+def attention_tables(record):
+    results = record["results"]
+    methods = list(results)
+    lengths = list(next(iter(results.values())))
+    print(header(record))
+    print()
+    print("Forward + backward time (ms):\n")
+    print("| n | " + " | ".join(methods) + " |")
+    print("|---:|" + "---:|" * len(methods))
+    for n in lengths:
+        cells = [f"{results[m][n]['time_s'] * 1000:.1f}" if "time_s" in results[m][n] else results[m][n]["skipped"]
+                 for m in methods]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print("\nPeak memory growth of the step (MB):\n")
+    print("| n | " + " | ".join(methods) + " |")
+    print("|---:|" + "---:|" * len(methods))
+    for n in lengths:
+        cells = [f"{results[m][n]['peak_mb']:.0f}" if "peak_mb" in results[m][n] else "-" for m in methods]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print("\nRatios:\n")
+    print("| n | time mha / adamra | memory mha / adamra | time sdpa / adamra | causal / bidirectional time |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in lengths:
+        mha, sdpa, ada, causal = (results[m][n] for m in ("mha", "sdpa", "adamra", "adamra_causal"))
+        def ratio(a, b, key):
+            return f"{a[key] / b[key]:.2f}" if key in a and key in b else "-"
+        print(f"| {n} | {ratio(mha, ada, 'time_s')} | {ratio(mha, ada, 'peak_mb')} | {ratio(sdpa, ada, 'time_s')} "
+              f"| {ratio(causal, ada, 'time_s')} |")
+    core = record["core_gflops"]
+    print(f"\nfp32 matmul (2048 x 2048): {record['matmul_gflops']:.1f} GFLOP/s. AdaMRA core ops at "
+          f"n = {record['core_length']}: bidirectional {core['bidirectional']:.1f} GFLOP/s "
+          f"({100 * core['bidirectional'] / record['matmul_gflops']:.0f}% of matmul), causal "
+          f"{core['causal']:.1f} GFLOP/s ({100 * core['causal'] / record['matmul_gflops']:.0f}%).")
+
+
+def window_median(steps, position, width=8):
+    if position > len(steps):
+        return None
+    lo = max(0, position - 1 - width // 2)
+    return statistics.median(steps[lo: lo + width])
+
+
+def generate_tables(record):
+    print(header(record))
+    print()
+    sweep = record["results"]["output_sweep"]
+    print("| model | beam | output tokens | tokens/s | peak MB | " +
+          " | ".join(f"step ms @{p}" for p in REPORT_POSITIONS) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(REPORT_POSITIONS))
+    for key, points in sweep.items():
+        model, beam = key.split("|beam")
+        for point in points:
+            steps = [window_median(point["step_ms"], p) for p in REPORT_POSITIONS]
+            print(f"| {model} | {beam} | {point['output_len']} | {point['tokens_per_s']:.1f} | {point['peak_mb']:.0f} | "
+                  + " | ".join("-" if s is None else f"{s:.2f}" for s in steps) + " |")
+    print("\nSource-length sweep (mean decoder step time, ms):\n")
+    sources = record["results"]["source_sweep"]
+    lengths = [p["source_len"] for p in next(iter(sources.values()))]
+    print("| model | " + " | ".join(f"source {n}" for n in lengths) + " |")
+    print("|---|" + "---:|" * len(lengths))
+    for model, points in sources.items():
+        print(f"| {model} | " + " | ".join(f"{statistics.mean(p['step_ms'][1:]):.2f}" for p in points) + " |")
+
+
+def main(paths):
+    for path in paths:
+        with open(path) as handle:
+            record = json.load(handle)
+        if "core_gflops" in record:
+            attention_tables(record)
+        else:
+            generate_tables(record)
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
