@@ -138,7 +138,7 @@ class MultiResolutionAttention(nn.Module):
         tgt_len, batch, _ = query.shape
         q = self._heads(self.q_proj(query))
         if self.encoder_decoder_attention:
-            heads_out = self._cross(q, key, key_padding_mask, incremental_state, static_kv, attn_mask)
+            heads_out = self._cross(q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask)
         elif incremental_state is not None:
             heads_out = self._decode_steps(q, key, value, incremental_state)
         else:
@@ -186,14 +186,14 @@ class MultiResolutionAttention(nn.Module):
             )
         self._verified_mask = signature
 
-    def _cross(self, q, key, key_padding_mask, incremental_state, static_kv, attn_mask) -> Tensor:
+    def _cross(self, q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask) -> Tensor:
         if attn_mask is not None:
             raise ValueError("MultiResolutionAttention cross-attention does not take an attn_mask")
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
         if static_kv and saved.get("summary") is not None:
             summary = saved["summary"]
         else:
-            k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(key))
+            k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
             summary = self._summaries(k, v, key_padding_mask)
             if incremental_state is not None and static_kv:
                 self._set_input_buffer(incremental_state, {"summary": summary})
