@@ -10,8 +10,9 @@ scripts/generate.sh (beam 5) and reports sacreBLEU BLEU and chrF (mean and
 spread over seeds) per test set, training words/s, generation tokens/s,
 peak memory (resident set of the training / generation process) and the
 validation-loss curves. Writes report.md, results.json, loss_curves.png and
-bleu_per_seed.png under --out. Finished runs are reused when re-run with the
-same --out (fairseq resumes from checkpoint_last.pt and stops at once).
+bleu_per_seed.png under --out. Re-running with the same --out reuses every
+finished training and generation (each leaves a *.measure.json when done)
+and continues an interrupted training from its checkpoint_last.pt.
 """
 
 import argparse
@@ -47,6 +48,23 @@ def run_measured(command, log_path, env):
     return code, time.time() - start, usage.ru_maxrss / 1024
 
 
+def load_measurement(save_dir, step):
+    """Time and peak memory of a step that finished in an earlier run, or None."""
+    path = os.path.join(save_dir, f"{step}.measure.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def save_measurement(save_dir, step, seconds, peak_mb):
+    """Marks a step as finished (written last, so an interrupted step is redone)."""
+    measured = {"seconds": seconds, "peak_mb": peak_mb}
+    with open(os.path.join(save_dir, f"{step}.measure.json"), "w") as handle:
+        json.dump(measured, handle)
+    return measured
+
+
 def parse_training_log(path):
     """Validation loss by update, mean training words/s of the logged intervals, final update count."""
     curve, wps, updates = [], [], 0
@@ -68,7 +86,7 @@ def parse_training_log(path):
 
 
 def generation_speed(path):
-    """tokens/s from fairseq-generate's closing 'Translated ...' line."""
+    """tokens/s from the 'Translated ...' line that fairseq-generate logs (to stderr, kept in the .log)."""
     with open(path, errors="replace") as handle:
         for line in handle:
             found = re.search(r"Translated .* sentences \(.* tokens\) in .*s \(.* sentences/s, " + _FLOAT + " tokens/s\\)",
@@ -155,22 +173,30 @@ def main():
         if model == "adamra":
             command += adamra_flags
         log_path = os.path.join(save_dir, "train.log")
-        code, seconds, peak_mb = run_measured(command, log_path, env)
-        if code != 0:
-            fail(f"training {arch} seed {seed} failed (exit {code}); see {log_path}")
-        record = {"seed": seed, "arch": arch, "train_seconds": seconds, "train_peak_mb": peak_mb,
-                  **parse_training_log(log_path), "tests": {}}
+        measured = load_measurement(save_dir, "train")
+        if measured is None:  # not finished before: train (fairseq resumes from checkpoint_last.pt)
+            code, seconds, peak_mb = run_measured(command, log_path, env)
+            if code != 0:
+                fail(f"training {arch} seed {seed} failed (exit {code}); see {log_path}")
+            measured = save_measurement(save_dir, "train", seconds, peak_mb)
+        else:
+            print("      reusing the finished training run", flush=True)
+        record = {"seed": seed, "arch": arch, "train_seconds": measured["seconds"],
+                  "train_peak_mb": measured["peak_mb"], **parse_training_log(log_path), "tests": {}}
         for subset, name in test_sets.items():
             generate_log = os.path.join(save_dir, f"generate-{subset}.log")
-            code, gen_seconds, gen_peak = run_measured(
-                ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"), subset,
-                 "--max-len-a", "1.2", "--max-len-b", "10"], generate_log, env)
-            if code != 0:
-                fail(f"generating {subset} with {arch} seed {seed} failed (exit {code}); see {generate_log}")
+            measured = load_measurement(save_dir, f"generate-{subset}")
+            if measured is None:
+                code, gen_seconds, gen_peak = run_measured(
+                    ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"),
+                     subset, "--max-len-a", "1.2", "--max-len-b", "10"], generate_log, env)
+                if code != 0:
+                    fail(f"generating {subset} with {arch} seed {seed} failed (exit {code}); see {generate_log}")
+                measured = save_measurement(save_dir, f"generate-{subset}", gen_seconds, gen_peak)
             with open(os.path.join(save_dir, f"generate-{subset}.json")) as handle:
                 scores = json.load(handle)
-            scores.update(generate_seconds=gen_seconds, generate_peak_mb=gen_peak,
-                          generate_tokens_per_s=generation_speed(os.path.join(save_dir, f"generate-{subset}.txt")))
+            scores.update(generate_seconds=measured["seconds"], generate_peak_mb=measured["peak_mb"],
+                          generate_tokens_per_s=generation_speed(generate_log))
             record["tests"][name] = scores
             print(f"      {name}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}", flush=True)
         runs[model][seed] = record
