@@ -8,7 +8,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 [ $# -ge 2 ] || die "usage: scripts/train.sh DATA_BIN SAVE_DIR --arch ARCH [fairseq-train flags]"
 DATA_BIN="$1" SAVE_DIR="$2"; shift 2
-[ -f "$DATA_BIN/dict.${SRC:-de}.txt" ] || [ -n "$(ls "$DATA_BIN"/dict.*.txt 2>/dev/null)" ] \
+compgen -G "$DATA_BIN/dict.*.txt" >/dev/null \
     || die "$DATA_BIN is not a fairseq data-bin (no dict.*.txt): run examples/translation/prepare-*.sh first"
 [[ " $* " == *" --arch "* || " $* " == *" -a "* ]] || die "pass --arch (e.g. --arch transformer_iwslt_de_en or adamra_transformer_iwslt_de_en)"
 exec fairseq-train "$DATA_BIN" --user-dir "$USER_DIR" --save-dir "$SAVE_DIR" "${DEVICE_FLAGS[@]}" \

@@ -58,6 +58,8 @@ def causal_attention(
     batch, heads, seq_len, dim = q.shape
     input_dtype = q.dtype
     acc = accumulation_dtype(input_dtype)
+    # A sequence shorter than one chunk needs no padding to a full chunk (same result, less work).
+    chunk_size = min(chunk_size, block_count(seq_len, rate) * rate)
     num_chunks = block_count(seq_len, chunk_size)
     padded_len = num_chunks * chunk_size
     q, k, v = (F.pad(x.to(acc), (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
