@@ -2,7 +2,6 @@
 against a reference greedy search that recomputes every prefix in parallel."""
 
 import math
-import os
 
 import pytest
 import torch

@@ -3,7 +3,6 @@
 import json
 import os
 
-import pytest
 
 from conftest import REPO_ROOT, TINY_MODEL_FLAGS, USER_DIR, run, train_tiny
 

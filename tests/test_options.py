@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from adamra_fairseq.modules.options import AdaMRAOptionError, parse_adamra_options
-from conftest import REPO_ROOT, USER_DIR, run
+from conftest import USER_DIR, run
 
 
 def namespace(**overrides):

@@ -3,10 +3,8 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
 import torch
 
 import adamra_fairseq  # noqa: F401  (safe-loader allow list for fairseq checkpoints)

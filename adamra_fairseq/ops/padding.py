@@ -4,7 +4,7 @@ Blocks are aligned to the first real token, so every op works on
 left-aligned rows: real tokens at positions ``0 .. length-1``, pads after.
 """
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
