@@ -4,10 +4,13 @@ usage: python scripts/bench_tables.py docs/figures/bench_attention.json [docs/fi
 """
 
 import json
+import os
 import statistics
 import sys
 
-REPORT_POSITIONS = (1, 16, 64, 256, 512, 1024)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_generate import REPORT_POSITIONS, window_median  # noqa: E402
 
 
 def header(record):
@@ -48,13 +51,6 @@ def attention_tables(record):
           f"n = {record['core_length']}: bidirectional {core['bidirectional']:.1f} GFLOP/s "
           f"({100 * core['bidirectional'] / record['matmul_gflops']:.0f}% of matmul), causal "
           f"{core['causal']:.1f} GFLOP/s ({100 * core['causal'] / record['matmul_gflops']:.0f}%).")
-
-
-def window_median(steps, position, width=8):
-    if position > len(steps):
-        return None
-    lo = max(0, position - 1 - width // 2)
-    return statistics.median(steps[lo: lo + width])
 
 
 def generate_tables(record):

@@ -13,14 +13,20 @@ BIN_DIR = os.path.dirname(sys.executable)
 torch.set_num_threads(1)
 
 
-def run(args, cwd=REPO_ROOT, check=True, env_extra=None, stdin=None):
-    """Runs a command with the test environment's tools first on PATH; returns the CompletedProcess."""
+def command_env():
+    """Environment for commands under test: this venv's tools first, one thread, torch's safe loader untouched."""
     env = dict(os.environ)
     env["PATH"] = BIN_DIR + os.pathsep + env.get("PATH", "")
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = REPO_ROOT
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+    return env
+
+
+def run(args, cwd=REPO_ROOT, check=True, env_extra=None, stdin=None):
+    """Runs a command in :func:`command_env`; returns the CompletedProcess."""
+    env = command_env()
     env.update(env_extra or {})
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, input=stdin)
     if check and result.returncode != 0:

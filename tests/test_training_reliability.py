@@ -9,7 +9,7 @@ import torch
 
 import adamra_fairseq  # noqa: F401  (safe-loader allow list for fairseq checkpoints)
 
-from conftest import BIN_DIR, REPO_ROOT, TINY_MODEL_FLAGS, run
+from conftest import REPO_ROOT, TINY_MODEL_FLAGS, command_env, run
 
 TRAIN = os.path.join(REPO_ROOT, "scripts", "train.sh")
 COMMON = ["--arch", "adamra_transformer_tiny", *TINY_MODEL_FLAGS, "--adamra-rates", "1,2",
@@ -48,8 +48,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data_bin, tmp_pa
     run(["bash", TRAIN, tiny_data_bin, str(tmp_path / "whole"), *flags])
 
     interrupted = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT, PATH=BIN_DIR + os.pathsep + os.environ["PATH"])
-    process = subprocess.Popen(["bash", TRAIN, tiny_data_bin, str(interrupted), *flags], env=env,
+    process = subprocess.Popen(["bash", TRAIN, tiny_data_bin, str(interrupted), *flags], env=command_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     marker = interrupted / "checkpoint_1_6.pt"
     deadline = time.time() + 300
