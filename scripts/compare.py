@@ -2,7 +2,8 @@
 
 usage: python scripts/compare.py [--data-bin DIR] [--seeds 1,2] [--max-update N | --max-minutes M]
                                  [--size tiny|iwslt] [--adamra-rates 1,2,4,8] [--adamra-routing soft|top1]
-                                 [--adamra-attention encoder,decoder,cross] [--out DIR]
+                                 [--adamra-attention encoder,decoder,cross] [--adamra-feature-map elu|relu|dpfp2]
+                                 [--out DIR]
 
 For each seed, trains ``transformer`` and ``adamra_transformer`` (same sizes)
 with scripts/train.sh, generates every test subset of the data-bin with
@@ -120,6 +121,7 @@ def main():
     parser.add_argument("--adamra-rates", help="ablation, e.g. 1 for single-resolution linear attention")
     parser.add_argument("--adamra-routing", choices=("soft", "top1"))
     parser.add_argument("--adamra-attention", help="e.g. encoder for AdaMRA only in the encoder")
+    parser.add_argument("--adamra-feature-map", help="e.g. relu or dpfp2 instead of elu")
     parser.add_argument("--lr", default="1e-3")
     parser.add_argument("--warmup-updates", default="200")
     parser.add_argument("--dropout", default="0.1")
@@ -148,7 +150,7 @@ def main():
                     if args.max_minutes else ["--max-update", str(args.max_update or 600)])
     budget_text = f"{args.max_minutes} minutes" if args.max_minutes else f"{args.max_update or 600} updates"
     adamra_flags = []
-    for flag in ("adamra_rates", "adamra_routing", "adamra_attention"):
+    for flag in ("adamra_rates", "adamra_routing", "adamra_attention", "adamra_feature_map"):
         if getattr(args, flag):
             adamra_flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))

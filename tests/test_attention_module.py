@@ -62,8 +62,9 @@ def test_encoder_self_attention_matches_reference(routing, rates):
 
 
 @pytest.mark.parametrize("routing", ["soft", "top1"])
-def test_decoder_self_attention_matches_causal_reference(routing):
-    module = make_module(rates=(2, 3), routing=routing, chunk=6)
+@pytest.mark.parametrize("feature_map", ["elu", "dpfp1"])
+def test_decoder_self_attention_matches_causal_reference(routing, feature_map):
+    module = make_module(rates=(2, 3), routing=routing, chunk=6, feature_map=feature_map)
     x = torch.randn(11, 2, EMBED, dtype=torch.float64)
     out, _ = module(x, x, x, attn_mask=future_mask(11))
     assert torch.allclose(out, reference_forward(module, x, x, causal=True), atol=1e-10)
@@ -140,8 +141,9 @@ def test_cross_attention_incremental_caches_and_reorders():
     assert torch.allclose(out2, full[2:3, new_order], atol=1e-10)
 
 
-def test_self_attention_incremental_matches_parallel_with_reorder():
-    module = make_module(rates=(1, 3), chunk=6)
+@pytest.mark.parametrize("feature_map", ["elu", "dpfp2"])
+def test_self_attention_incremental_matches_parallel_with_reorder(feature_map):
+    module = make_module(rates=(1, 3), chunk=6, feature_map=feature_map)
     x = torch.randn(10, 4, EMBED, dtype=torch.float64)
     parallel, _ = module(x, x, x, attn_mask=future_mask(10))
     state = {}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from adamra_fairseq.ops.bidirectional import bidirectional_attention
 from adamra_fairseq.ops.causal import causal_attention
-from adamra_fairseq.ops.feature_maps import elu_plus_one, relu
+from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recurrent import causal_step, initial_state
 
@@ -29,7 +29,7 @@ def left_padding_mask(lengths, total):
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("feature_map", [elu_plus_one, relu])
+@pytest.mark.parametrize("feature_map", [elu_plus_one, relu, FEATURE_MAPS["dpfp2"]])
 def test_bidirectional_matches_naive_on_left_padded_batches(rate, feature_map):
     q, k, v = random_qkv(length=11, src_len=13)
     mask = left_padding_mask([13, 7, 1], 13)
@@ -60,6 +60,31 @@ def test_causal_matches_naive(rate, chunk_factor, length):
     expected = naive_adamra_attention(q, k, v, [rate] * 2, causal=True)
     actual = causal_attention(q, k, v, rate, chunk_size=rate * chunk_factor)
     assert torch.allclose(actual, expected, atol=TOL)
+
+
+@pytest.mark.parametrize("name", ["relu", "dpfp1", "dpfp2"])
+def test_causal_and_recurrent_match_naive_for_other_feature_maps(name):
+    q, k, v = random_qkv(heads=2, length=11, seed=8)
+    feature_map = FEATURE_MAPS[name]
+    expected = naive_adamra_attention(q, k, v, [3, 3], causal=True, feature_map=feature_map)
+    assert torch.allclose(causal_attention(q, k, v, 3, 6, feature_map), expected, atol=TOL)
+    state = initial_state(3, 2, 5, 5, q.dtype, q.device, feature_width(name, 5))
+    outputs = []
+    for t in range(11):
+        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor([3, 3]), feature_map)
+        outputs.append(out)
+    assert torch.allclose(torch.stack(outputs, dim=2), expected, atol=TOL)
+
+
+def test_dpfp_features_written_out():
+    """DPFP with nu = 2 of x = (a, b): r = relu(a, b, -a, -b), features r * roll(r, 1) then r * roll(r, 2)."""
+    x = torch.tensor([[2.0, -3.0], [1.5, 0.5]], dtype=torch.float64)
+    for row, (a, b) in zip(FEATURE_MAPS["dpfp2"](x), x.tolist()):
+        r = [max(a, 0), max(b, 0), max(-a, 0), max(-b, 0)]
+        expected = [r[i] * r[i - 1] for i in range(4)] + [r[i] * r[i - 2] for i in range(4)]
+        assert row.tolist() == pytest.approx(expected)
+    for name, feature_map in FEATURE_MAPS.items():
+        assert feature_map(torch.randn(3, 6)).shape == (3, feature_width(name, 6))
 
 
 def test_causal_rejects_chunk_not_multiple_of_rate():

@@ -26,7 +26,7 @@ BAD_INPUTS = [
     (dict(adamra_rates="1,2", adamra_attention="decoder", decoder_attention_heads=3),
      "does not divide --decoder-attention-heads=3"),
     (dict(adamra_routing="top2"), "--adamra-routing 'top2' is unknown: choose one of soft, top1"),
-    (dict(adamra_feature_map="softmax"), "--adamra-feature-map 'softmax' is unknown: choose one of elu, relu"),
+    (dict(adamra_feature_map="softmax"), "--adamra-feature-map 'softmax' is unknown: choose one of elu, relu, dpfp1, dpfp2"),
     (dict(adamra_attention="encoder,ffn"), "--adamra-attention 'encoder,ffn' is invalid"),
     (dict(adamra_attention=""), "--adamra-attention '' is invalid"),
     (dict(adamra_chunk_size=0), "--adamra-chunk-size 0 is invalid"),

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..ops.bidirectional import attend_state, kv_state
 from ..ops.causal import causal_attention
-from ..ops.feature_maps import FEATURE_MAPS
+from ..ops.feature_maps import FEATURE_MAPS, feature_width
 from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
 from ..ops.recurrent import causal_step, initial_state
 from .options import AdaMRAOptions
@@ -87,6 +87,7 @@ class MultiResolutionAttention(nn.Module):
         self.rates = options.rates
         self.heads_per_rate = num_heads // len(options.rates)
         self.feature_map = FEATURE_MAPS[options.feature_map]
+        self.feature_dim = feature_width(options.feature_map, self.head_dim)
         self.eps = options.eps
         self.register_buffer(
             "head_rates", torch.tensor(options.head_rates(num_heads), dtype=torch.long), persistent=False
@@ -205,7 +206,9 @@ class MultiResolutionAttention(nn.Module):
         state = self._get_input_buffer(incremental_state)
         if state.get("summary") is None:
             batch = q.size(0)
-            state = initial_state(batch, self.num_heads, self.head_dim, self.head_dim, q.dtype, q.device)
+            state = initial_state(
+                batch, self.num_heads, self.head_dim, self.head_dim, q.dtype, q.device, self.feature_dim
+            )
         outputs = []
         for position in range(q.size(2)):  # generation passes one position at a time
             out, state = causal_step(

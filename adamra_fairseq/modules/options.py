@@ -37,7 +37,8 @@ def add_adamra_args(parser) -> None:
                        help="weight of the load-balancing loss for --adamra-routing top1 (needs "
                             "--criterion adamra_label_smoothed_cross_entropy; default 0)")
     group.add_argument("--adamra-feature-map", type=str, metavar="|".join(FEATURE_MAPS),
-                       help=f"kernel feature map phi (default {DEFAULTS['adamra_feature_map']}: elu(x)+1)")
+                       help="kernel feature map phi: elu = elu(x)+1, relu, dpfp1/dpfp2 = DPFP with nu 1/2 "
+                            f"(2*nu*head_dim features) (default {DEFAULTS['adamra_feature_map']})")
     group.add_argument("--adamra-attention", type=str, metavar="PLACES",
                        help="comma subset of encoder,decoder,cross: where AdaMRA replaces softmax "
                             f"attention (default {DEFAULTS['adamra_attention']})")

@@ -55,7 +55,7 @@ def causal_attention(
     """
     if chunk_size % rate:
         raise ValueError(f"chunk size {chunk_size} is not a multiple of rate {rate}")
-    batch, heads, seq_len, dim = q.shape
+    batch, heads, seq_len, _ = q.shape
     input_dtype = q.dtype
     acc = accumulation_dtype(input_dtype)
     # A sequence shorter than one chunk needs no padding to a full chunk (same result, less work).
@@ -75,9 +75,9 @@ def causal_attention(
     # Complete blocks: the running mean at a block's last position is its full mean.
     blocks_per_chunk = chunk_size // rate
     shape = (batch, heads, num_chunks, blocks_per_chunk)
-    phi_k_block = phi_k_running[:, :, rate - 1 :: rate].reshape(*shape, dim)
+    phi_k_block = phi_k_running[:, :, rate - 1 :: rate].reshape(*shape, phi_k_running.size(-1))
     v_block = v_running[:, :, rate - 1 :: rate].reshape(*shape, v_running.size(-1))
-    phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, dim)
+    phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, phi_q.size(-1))
 
     # Earlier chunks: exclusive prefix sum of per-chunk summaries [S | z].
     chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, D, Dv + 1)

@@ -1,6 +1,6 @@
 """One step of causal AdaMRA attention for incremental decoding.
 
-Per head the state holds the complete blocks as ``[S | z]`` (``(D, Dv + 1)``,
+Per head the state holds the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
 see ``bidirectional.with_ones``) and the open block's running sums of k and
 of ``[v, 1]`` (whose last entry counts its tokens). A step adds the new token
 to the running sums, reads ``phi(q)`` against the complete blocks plus the
@@ -11,7 +11,7 @@ The state is a dict of tensors whose first dimension is the batch (x beam)
 axis, so beam search can reorder it with ``index_select(0, new_order)``.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -21,11 +21,13 @@ from .feature_maps import FeatureMap, elu_plus_one
 State = Dict[str, torch.Tensor]
 
 
-def initial_state(batch: int, heads: int, dim: int, value_dim: int, dtype, device) -> State:
-    """Empty state (no complete block, an empty open block)."""
+def initial_state(
+    batch: int, heads: int, dim: int, value_dim: int, dtype, device, feature_dim: Optional[int] = None
+) -> State:
+    """Empty state (no complete block, an empty open block); ``feature_dim`` is phi's width F (default D)."""
     acc = accumulation_dtype(dtype)
     return {
-        "summary": torch.zeros(batch, heads, dim, value_dim + 1, dtype=acc, device=device),
+        "summary": torch.zeros(batch, heads, feature_dim or dim, value_dim + 1, dtype=acc, device=device),
         "open_k": torch.zeros(batch, heads, dim, dtype=acc, device=device),
         "open_v": torch.zeros(batch, heads, value_dim + 1, dtype=acc, device=device),
     }
