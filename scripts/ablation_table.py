@@ -1,0 +1,104 @@
+"""One markdown table over several ``scripts/compare.py`` result folders (ablations).
+
+usage: python scripts/ablation_table.py LABEL=DIR [LABEL=DIR ...] [--at 600] [--json PATH]
+
+Each DIR is a ``--out`` folder of compare.py. For every model and seed found
+under it (``DIR/<model>/seed<N>/``), the table gives the validation loss at
+update ``--at`` (a point every run reached, so runs stopped early still
+compare) and at the last validation, the test-set BLEU/chrF of the finished
+generations, and the training process's peak resident memory. Runs that did
+not finish show ``-`` where a number is missing. Rows are ``LABEL/model``;
+the same transformer run copied into several folders appears once.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import mean_spread, parse_training_log  # noqa: E402
+
+
+def read_run(seed_dir):
+    """Validation curve, test scores by test-set name and training peak of one ``<model>/seed<N>`` folder."""
+    log = parse_training_log(os.path.join(seed_dir, "train.log"))
+    tests = {}
+    for path in sorted(glob.glob(os.path.join(seed_dir, "generate-*.json"))):
+        if path.endswith(".measure.json"):
+            continue
+        with open(path) as handle:
+            scores = json.load(handle)
+        tests[scores["test_set"]] = scores
+    peak = None
+    measure = os.path.join(seed_dir, "train.measure.json")
+    if os.path.isfile(measure):
+        with open(measure) as handle:
+            peak = json.load(handle)["peak_mb"]
+    return {"valid_loss": dict(log["valid_loss"]), "updates": log["updates"], "tests": tests, "peak_mb": peak}
+
+
+def fmt(values, digits):
+    mean, spread = mean_spread(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if spread else f"{mean:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", metavar="LABEL=DIR")
+    parser.add_argument("--at", type=int, default=600, help="update at which every run's validation loss is shown")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+
+    rows, seen, test_sets = [], {}, []
+    for item in args.folders:
+        label, sep, folder = item.partition("=")
+        if not sep or not os.path.isdir(folder):
+            sys.exit(f"error: {item!r} is not LABEL=DIR with an existing DIR (a scripts/compare.py --out folder)")
+        for model_dir in sorted(glob.glob(os.path.join(folder, "*", ""))):
+            model = os.path.basename(os.path.dirname(model_dir))
+            runs = {}
+            for seed_dir in sorted(glob.glob(os.path.join(model_dir, "seed*"))):
+                if os.path.isfile(os.path.join(seed_dir, "train.log")):
+                    runs[os.path.basename(seed_dir)[4:]] = read_run(seed_dir)
+            if not runs:
+                continue
+            key = json.dumps(runs, sort_keys=True)  # copied baselines are identical: show them once
+            if key in seen:
+                continue
+            seen[key] = f"{label}/{model}"
+            for run in runs.values():
+                test_sets += [name for name in run["tests"] if name not in test_sets]
+            rows.append({"row": f"{label}/{model}", "seeds": sorted(runs, key=int), "runs": runs})
+    if not rows:
+        sys.exit("error: no training runs found under the given folders (expected DIR/<model>/seed<N>/train.log)")
+
+    header = (["run", "seeds", f"valid loss @{args.at}", "last valid loss (update)"]
+              + [f"{name} BLEU / chrF" for name in test_sets] + ["train peak MB"])
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for row in rows:
+        runs = list(row["runs"].values())
+        last = [max(run["valid_loss"]) for run in runs if run["valid_loss"]]
+        cells = [row["row"], ",".join(row["seeds"]),
+                 fmt([run["valid_loss"].get(args.at) for run in runs], 3),
+                 (fmt([run["valid_loss"][step] for run, step in zip(runs, last)], 3)
+                  + f" ({statistics.mean(last):.0f})" if last else "-")]
+        for name in test_sets:
+            scores = [run["tests"].get(name) for run in runs]
+            complete = all(scores)
+            cells.append(f"{fmt([s['bleu'] for s in scores], 2)} / {fmt([s['chrf'] for s in scores], 2)}"
+                         if complete else "-")
+        cells.append(fmt([run["peak_mb"] for run in runs], 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"command": sys.argv, "rows": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
