@@ -71,6 +71,8 @@ def parse_training_log(path):
     curve, wps, updates = [], [], 0
     with open(path, errors="replace") as handle:
         for line in handle:
+            for step in re.findall(r"num_updates[= ](\d+)", line):  # train_inner, epoch and valid lines
+                updates = max(updates, int(step))
             if "| valid on 'valid' subset" in line:
                 loss = re.search(r"\| loss " + _FLOAT, line)
                 step = re.search(r"\| num_updates (\d+)", line)
@@ -78,11 +80,8 @@ def parse_training_log(path):
                     curve.append((int(step.group(1)), float(loss.group(1))))
             elif "train_inner" in line:
                 speed = re.search(r"wps=" + _FLOAT, line)
-                step = re.search(r"num_updates=(\d+)", line)
                 if speed:
                     wps.append(float(speed.group(1)))
-                if step:
-                    updates = int(step.group(1))
     return {"valid_loss": curve, "train_wps": statistics.mean(wps) if wps else None, "updates": updates}
 
 

@@ -2,7 +2,7 @@
 
 import json
 import os
-
+import sys
 
 from conftest import REPO_ROOT, TINY_MODEL_FLAGS, USER_DIR, run, train_tiny
 
@@ -127,3 +127,36 @@ def test_hub_interface_translates_with_an_adamra_checkpoint(tiny_data_bin, tiny_
     from adamra_fairseq.modules import MultiResolutionAttention
 
     assert isinstance(translator.models[0].encoder.layers[0].self_attn, MultiResolutionAttention)
+
+
+def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
+    """scripts/compare.py end to end on the toy corpus (a few updates), then scripts/ablation_table.py over it."""
+    out = tmp_path / "compare"
+    result = run([sys.executable, "scripts/compare.py", "--data-bin", tiny_data_bin, "--seeds", "1",
+                  "--max-update", "3", "--validate-interval-updates", "1", "--warmup-updates", "2",
+                  "--max-tokens", "1000", "--threads", "1", "--adamra-rates", "1,2", "--out", str(out)])
+    assert "[2/2] training adamra_transformer_tiny seed 1" in result.stdout
+    summary = json.loads((out / "results.json").read_text())
+    for model in ("transformer", "adamra"):
+        record = summary["runs"][model]["1"]
+        assert record["updates"] == 3
+        assert sorted({step for step, _ in record["valid_loss"]}) == [1, 2, 3]
+        scores = record["tests"]["test-toy"]
+        assert scores["sentences"] == 19 and "nrefs:1" in scores["bleu_signature"]
+        assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()
+    assert (out / "loss_curves.png").stat().st_size > 0 and (out / "bleu_per_seed.png").stat().st_size > 0
+
+    table = run([sys.executable, "scripts/ablation_table.py", f"toy={out}", "--at", "2"]).stdout.splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert set(rows) == {"toy/adamra", "toy/transformer"}
+    adamra = summary["runs"]["adamra"]["1"]
+    assert f"| {dict(adamra['valid_loss'])[2]:.3f} | {adamra['valid_loss'][-1][1]:.3f} (3) |" in rows["toy/adamra"]
+    assert f"{adamra['tests']['test-toy']['bleu']:.2f} / {adamra['tests']['test-toy']['chrf']:.2f}" in rows["toy/adamra"]
+
+    # a second run reuses every finished step
+    again = run([sys.executable, "scripts/compare.py", "--data-bin", tiny_data_bin, "--seeds", "1",
+                 "--max-update", "3", "--threads", "1", "--out", str(out)])
+    assert again.stdout.count("reusing the finished training run") == 2
+
+    missing = run([sys.executable, "scripts/ablation_table.py", f"x={tmp_path / 'nowhere'}"], check=False)
+    assert missing.returncode != 0 and "is not LABEL=DIR with an existing DIR" in missing.stderr
