@@ -3,7 +3,7 @@
 usage: python scripts/compare.py [--data-bin DIR] [--seeds 1,2] [--max-update N | --max-minutes M]
                                  [--size tiny|iwslt] [--adamra-rates 1,2,4,8] [--adamra-routing soft|top1]
                                  [--adamra-attention encoder,decoder,cross] [--adamra-feature-map elu|relu|dpfp2]
-                                 [--out DIR]
+                                 [--heads H] [--lr LR] [--out DIR]
 
 For each seed, trains ``transformer`` and ``adamra_transformer`` (same sizes)
 with scripts/train.sh, generates every test subset of the data-bin with
@@ -121,6 +121,8 @@ def main():
     parser.add_argument("--adamra-routing", choices=("soft", "top1"))
     parser.add_argument("--adamra-attention", help="e.g. encoder for AdaMRA only in the encoder")
     parser.add_argument("--adamra-feature-map", help="e.g. relu or dpfp2 instead of elu")
+    parser.add_argument("--heads", type=int,
+                        help="attention heads in encoder and decoder of both models (default: the architecture's)")
     parser.add_argument("--lr", default="1e-3")
     parser.add_argument("--warmup-updates", default="200")
     parser.add_argument("--dropout", default="0.1")
@@ -138,6 +140,8 @@ def main():
         fail(f"--max-update {args.max_update} must be >= 1")
     if args.max_minutes is not None and args.max_minutes <= 0:
         fail(f"--max-minutes {args.max_minutes} must be > 0")
+    if args.heads is not None and args.heads < 1:
+        fail(f"--heads {args.heads} must be >= 1 (and divide the model width and be a multiple of the rate count)")
     if not os.path.isfile(os.path.join(args.data_bin, "preprocessing.json")):
         fail(f"{args.data_bin} has no preprocessing.json: build it with examples/translation/prepare-debian-de-en.sh "
              "(or prepare-iwslt14.sh) first")
@@ -171,6 +175,8 @@ def main():
                    "--lr", args.lr, "--warmup-updates", args.warmup_updates, "--dropout", args.dropout,
                    "--max-tokens", args.max_tokens, "--validate-interval-updates", args.validate_interval_updates,
                    "--no-epoch-checkpoints", "--log-interval", "50", *budget_flags]
+        if args.heads:
+            command += ["--encoder-attention-heads", str(args.heads), "--decoder-attention-heads", str(args.heads)]
         if model == "adamra":
             command += adamra_flags
         log_path = os.path.join(save_dir, "train.log")
