@@ -1,6 +1,6 @@
 """One markdown table over several ``scripts/compare.py`` result folders (ablations).
 
-usage: python scripts/ablation_table.py LABEL=DIR [LABEL=DIR ...] [--at 600] [--json PATH]
+usage: python scripts/ablation_table.py LABEL=DIR [LABEL=DIR ...] [--at 600] [--json PATH] [--plot PNG]
 
 Each DIR is a ``--out`` folder of compare.py. For every model and seed found
 under it (``DIR/<model>/seed<N>/``), the table gives the validation loss at
@@ -52,6 +52,7 @@ def main():
     parser.add_argument("folders", nargs="+", metavar="LABEL=DIR")
     parser.add_argument("--at", type=int, default=600, help="update at which every run's validation loss is shown")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--plot", help="also plot every row's validation loss (mean over its seeds) to this PNG")
     args = parser.parse_args()
 
     rows, seen, test_sets = [], {}, []
@@ -98,6 +99,29 @@ def main():
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"command": sys.argv, "rows": rows}, handle, indent=1)
+    if args.plot:
+        plot_curves(rows, args.plot)
+
+
+def plot_curves(rows, path):
+    """Validation loss against updates, one line per row (mean over the seeds that reached each point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        runs = list(row["runs"].values())
+        steps = sorted({step for run in runs for step in run["valid_loss"]})
+        means = [statistics.mean(run["valid_loss"][step] for run in runs if step in run["valid_loss"])
+                 for step in steps]
+        axis.plot(steps, means, marker="o", markersize=3, label=f"{row['row']} (seeds {','.join(row['seeds'])})")
+    axis.set(xlabel="updates", ylabel="validation loss (label-smoothed, base 2)", title="validation loss")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

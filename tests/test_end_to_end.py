@@ -146,7 +146,9 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
         assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()
     assert (out / "loss_curves.png").stat().st_size > 0 and (out / "bleu_per_seed.png").stat().st_size > 0
 
-    table = run([sys.executable, "scripts/ablation_table.py", f"toy={out}", "--at", "2"]).stdout.splitlines()
+    table = run([sys.executable, "scripts/ablation_table.py", f"toy={out}", "--at", "2",
+                 "--plot", str(tmp_path / "curves.png")]).stdout.splitlines()
+    assert (tmp_path / "curves.png").stat().st_size > 0
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
     assert set(rows) == {"toy/adamra", "toy/transformer"}
     adamra = summary["runs"]["adamra"]["1"]
