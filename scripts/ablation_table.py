@@ -111,12 +111,15 @@ def plot_curves(rows, path):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
+    colours = plt.get_cmap("tab20").colors
+    for index, row in enumerate(rows):
         runs = list(row["runs"].values())
         steps = sorted({step for run in runs for step in run["valid_loss"]})
         means = [statistics.mean(run["valid_loss"][step] for run in runs if step in run["valid_loss"])
                  for step in steps]
-        axis.plot(steps, means, marker="o", markersize=3, label=f"{row['row']} (seeds {','.join(row['seeds'])})")
+        axis.plot(steps, means, marker="o", markersize=3, color=colours[(2 * index) % 20 + index // 10 % 2],
+                  linestyle="-" if row["row"].endswith("/adamra") else "--",
+                  label=f"{row['row']} (seeds {','.join(row['seeds'])})")
     axis.set(xlabel="updates", ylabel="validation loss (label-smoothed, base 2)", title="validation loss")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7)
