@@ -80,7 +80,7 @@ def causal_attention(
     phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, phi_q.size(-1))
 
     # Earlier chunks: exclusive prefix sum of per-chunk summaries [S | z].
-    chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, D, Dv + 1)
+    chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, F, Dv + 1)
     carried = F.pad(chunk_summary.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
     inter = phi_q_chunks @ carried
 

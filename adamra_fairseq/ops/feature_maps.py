@@ -40,9 +40,8 @@ FEATURE_MAPS: Dict[str, FeatureMap] = {
     "dpfp1": partial(dpfp, nu=1),
     "dpfp2": partial(dpfp, nu=2),
 }
-_WIDTH_FACTORS = {"elu": 1, "relu": 1, "dpfp1": 2, "dpfp2": 4}
 
 
 def feature_width(name: str, head_dim: int) -> int:
-    """Width F of ``FEATURE_MAPS[name]`` applied to vectors of width ``head_dim``."""
-    return _WIDTH_FACTORS[name] * head_dim
+    """Width F of ``FEATURE_MAPS[name]`` applied to vectors of width ``head_dim`` (read off one application)."""
+    return FEATURE_MAPS[name](torch.zeros(1, head_dim)).size(-1)
