@@ -134,7 +134,8 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
     out = tmp_path / "compare"
     result = run([sys.executable, "scripts/compare.py", "--data-bin", tiny_data_bin, "--seeds", "1",
                   "--max-update", "3", "--validate-interval-updates", "1", "--warmup-updates", "2",
-                  "--max-tokens", "1000", "--threads", "1", "--adamra-rates", "1,2", "--out", str(out)])
+                  "--max-tokens", "1000", "--threads", "1", "--adamra-rates", "1,2", "--heads", "2",
+                  "--out", str(out)])
     assert "[2/2] training adamra_transformer_tiny seed 1" in result.stdout
     summary = json.loads((out / "results.json").read_text())
     for model in ("transformer", "adamra"):
@@ -144,6 +145,8 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
         scores = record["tests"]["test-toy"]
         assert scores["sentences"] == 19 and "nrefs:1" in scores["bleu_signature"]
         assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()
+        train_log = (out / model / "seed1" / "train.log").read_text()
+        assert "encoder_attention_heads=2" in train_log and "decoder_attention_heads=2" in train_log
     assert (out / "loss_curves.png").stat().st_size > 0 and (out / "bleu_per_seed.png").stat().st_size > 0
 
     table = run([sys.executable, "scripts/ablation_table.py", f"toy={out}", "--at", "2",
