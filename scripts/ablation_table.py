@@ -19,7 +19,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import mean_spread, parse_training_log  # noqa: E402
+from compare import fmt, mean_spread, parse_training_log  # noqa: E402
 
 
 def read_run(seed_dir):
@@ -40,11 +40,9 @@ def read_run(seed_dir):
     return {"valid_loss": dict(log["valid_loss"]), "updates": log["updates"], "tests": tests, "peak_mb": peak}
 
 
-def fmt(values, digits):
-    mean, spread = mean_spread(values)
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if spread else f"{mean:.{digits}f}"
+def fmt_values(values, digits):
+    """Mean ± spread of ``values`` as compare.py's tables write it (``-`` when there are none)."""
+    return fmt(*mean_spread(values), digits=digits)
 
 
 def main():
@@ -85,15 +83,15 @@ def main():
         runs = list(row["runs"].values())
         last = [max(run["valid_loss"]) for run in runs if run["valid_loss"]]
         cells = [row["row"], ",".join(row["seeds"]),
-                 fmt([run["valid_loss"].get(args.at) for run in runs], 3),
-                 (fmt([run["valid_loss"][step] for run, step in zip(runs, last)], 3)
+                 fmt_values([run["valid_loss"].get(args.at) for run in runs], 3),
+                 (fmt_values([run["valid_loss"][step] for run, step in zip(runs, last)], 3)
                   + f" ({statistics.mean(last):.0f})" if last else "-")]
         for name in test_sets:
             scores = [run["tests"].get(name) for run in runs]
             complete = all(scores)
-            cells.append(f"{fmt([s['bleu'] for s in scores], 2)} / {fmt([s['chrf'] for s in scores], 2)}"
+            cells.append(f"{fmt_values([s['bleu'] for s in scores], 2)} / {fmt_values([s['chrf'] for s in scores], 2)}"
                          if complete else "-")
-        cells.append(fmt([run["peak_mb"] for run in runs], 0))
+        cells.append(fmt_values([run["peak_mb"] for run in runs], 0))
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.json:
