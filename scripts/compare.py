@@ -1,9 +1,8 @@
 """AdaMRA against the vanilla transformer on the same data, sizes, optimiser, schedule, budget and seeds.
 
 usage: python scripts/compare.py [--data-bin DIR] [--seeds 1,2] [--max-update N | --max-minutes M]
-                                 [--size tiny|iwslt] [--adamra-rates 1,2,4,8] [--adamra-routing soft|top1]
-                                 [--adamra-attention encoder,decoder,cross] [--adamra-feature-map elu|relu|dpfp2]
-                                 [--heads H] [--lr LR] [--out DIR]
+                                 [--size tiny|small|iwslt] [--heads H] [--lr LR] [--out DIR]
+                                 [--finetune-from DIR] [--adamra-* flags of the model ...]
 
 For each seed, trains ``transformer`` and ``adamra_transformer`` (same sizes)
 with scripts/train.sh, generates every test subset of the data-bin with
@@ -13,7 +12,16 @@ peak memory (resident set of the training / generation process) and the
 validation-loss curves. Writes report.md, results.json, loss_curves.png and
 bleu_per_seed.png under --out. Re-running with the same --out reuses every
 finished training and generation (each leaves a *.measure.json when done)
-and continues an interrupted training from its checkpoint_last.pt.
+and continues an interrupted training from its checkpoint_last.pt; a
+finished run trained with other flags is never reused (the script stops).
+
+Every ``--adamra-*`` flag (e.g. ``--adamra-feature-map hedgehog
+--adamra-cross-rates 1``) goes to the AdaMRA model's training unchanged.
+
+``--finetune-from DIR`` (a finished compare.py folder) skips training the
+transformer: each seed's AdaMRA model starts from DIR's trained transformer
+of that seed (converted with ``python -m adamra_fairseq.convert``) and is
+fine-tuned for the given budget; the report then compares it with its parent.
 """
 
 import argparse
@@ -29,6 +37,7 @@ from datetime import datetime, timezone
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = {
     "tiny": {"transformer": "transformer_adamra_tiny_baseline", "adamra": "adamra_transformer_tiny"},
+    "small": {"transformer": "transformer_adamra_small_baseline", "adamra": "adamra_transformer_small"},
     "iwslt": {"transformer": "transformer_iwslt_de_en", "adamra": "adamra_transformer_iwslt_de_en"},
 }
 _FLOAT = r"([0-9.eE+-]+)"
@@ -58,12 +67,37 @@ def load_measurement(save_dir, step):
         return json.load(handle)
 
 
-def save_measurement(save_dir, step, seconds, peak_mb):
-    """Marks a step as finished (written last, so an interrupted step is redone)."""
-    measured = {"seconds": seconds, "peak_mb": peak_mb}
+def save_measurement(save_dir, step, seconds, peak_mb, command):
+    """Marks a step as finished (written last, so an interrupted step is redone), with the command that ran."""
+    measured = {"seconds": seconds, "peak_mb": peak_mb, "command": command}
     with open(os.path.join(save_dir, f"{step}.measure.json"), "w") as handle:
         json.dump(measured, handle)
     return measured
+
+
+def run_step(save_dir, step, command, log_path, env, what, reuse_only=False):
+    """Runs ``command`` unless ``step`` finished before in ``save_dir``; returns its measurement.
+
+    A finished step is reused only if it ran the same command (``command`` None:
+    any finished run is accepted, e.g. a --finetune-from parent's training).
+    ``reuse_only``: never run it here (it belongs to another results folder).
+    """
+    measured = load_measurement(save_dir, step)
+    if command is not None:
+        command = [arg.replace(save_dir, "<run>") for arg in command]  # a run folder copied elsewhere still matches
+    if measured is not None:
+        if command is not None and measured.get("command", command) != command:
+            fail(f"{save_dir} holds a finished {step} run with other flags ({' '.join(measured['command'][4:])}); "
+                 "use another --out folder, or delete that run to redo it")
+        if step == "train":
+            print("      reusing the finished training run", flush=True)
+        return measured
+    if command is None or reuse_only:
+        fail(f"{save_dir} has no finished {step} step: finish the run that owns it first")
+    code, seconds, peak_mb = run_measured([arg.replace("<run>", save_dir) for arg in command], log_path, env)
+    if code != 0:
+        fail(f"{what} failed (exit {code}); see {log_path}")
+    return save_measurement(save_dir, step, seconds, peak_mb, command)
 
 
 def parse_training_log(path):
@@ -110,17 +144,22 @@ def fmt(mean, spread, digits=2):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Every --adamra-* flag of the model (fairseq-train --user-dir adamra_fairseq --arch "
+               "adamra_transformer_tiny --help lists them) is passed on to the AdaMRA training.")
     parser.add_argument("--data-bin", default=os.path.join(REPO_ROOT, "data", "debian-de-en", "data-bin"))
     parser.add_argument("--seeds", default="1", help="comma list of seeds, e.g. 1,2,3")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-update", type=int, help="same number of updates for both models (default 600)")
     budget.add_argument("--max-minutes", type=float, help="same wall-clock training time for both models")
     parser.add_argument("--size", choices=sorted(ARCHS), default="tiny")
-    parser.add_argument("--adamra-rates", help="ablation, e.g. 1 for single-resolution linear attention")
-    parser.add_argument("--adamra-routing", choices=("soft", "top1"))
-    parser.add_argument("--adamra-attention", help="e.g. encoder for AdaMRA only in the encoder")
-    parser.add_argument("--adamra-feature-map", help="e.g. relu or dpfp2 instead of elu")
+    parser.add_argument("--finetune-from", metavar="DIR",
+                        help="a finished compare.py folder: fine-tune AdaMRA models converted from its transformers "
+                             "instead of training both models from scratch")
+    parser.add_argument("--transformer-from", metavar="DIR",
+                        help="a compare.py folder whose transformer runs (same seeds and flags) are reused instead "
+                             "of training the transformer again, e.g. for several AdaMRA variants")
     parser.add_argument("--heads", type=int,
                         help="attention heads in encoder and decoder of both models (default: the architecture's)")
     parser.add_argument("--lr", default="2e-3",
@@ -132,7 +171,11 @@ def main():
     parser.add_argument("--validate-interval-updates", default="200")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="results folder (default results/compare-<time>)")
-    args = parser.parse_args()
+    args, model_flags = parser.parse_known_args()
+    stray = [flag for flag in model_flags if flag.startswith("-") and not flag.startswith("--adamra-")]
+    if stray or (model_flags and not model_flags[0].startswith("--adamra-")):
+        fail(f"unrecognised arguments: {' '.join(stray or model_flags[:1])} (only --adamra-* flags are passed on to "
+             "the AdaMRA model; see --help)")
 
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -149,15 +192,17 @@ def main():
              "(or prepare-iwslt14.sh) first")
     with open(os.path.join(args.data_bin, "preprocessing.json")) as handle:
         test_sets = json.load(handle)["test_sets"]
-    out = args.out or os.path.join(REPO_ROOT, "results", "compare-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    args.data_bin = os.path.abspath(args.data_bin)
+    out = os.path.abspath(args.out or os.path.join(REPO_ROOT, "results", "compare-" + datetime.now().strftime("%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
     budget_flags = (["--stop-time-hours", str(args.max_minutes / 60), "--max-update", "1000000"]
                     if args.max_minutes else ["--max-update", str(args.max_update or 600)])
     budget_text = f"{args.max_minutes} minutes" if args.max_minutes else f"{args.max_update or 600} updates"
-    adamra_flags = []
-    for flag in ("adamra_rates", "adamra_routing", "adamra_attention", "adamra_feature_map"):
-        if getattr(args, flag):
-            adamra_flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    for flag, folder in (("--finetune-from", args.finetune_from), ("--transformer-from", args.transformer_from)):
+        if folder and not os.path.isdir(os.path.join(folder, "transformer")):
+            fail(f"{flag} {folder} has no transformer/ folder: pass the --out folder of a finished compare.py run")
+    if args.finetune_from and args.transformer_from:
+        fail("--finetune-from already takes the transformers from its folder: drop --transformer-from")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
@@ -169,10 +214,13 @@ def main():
     for index, (seed, model) in enumerate(jobs, 1):
         arch = ARCHS[args.size][model]
         save_dir = os.path.join(out, model, f"seed{seed}")
-        os.makedirs(save_dir, exist_ok=True)
+        parent_dir = os.path.join(args.finetune_from, "transformer", f"seed{seed}") if args.finetune_from else None
         elapsed = time.time() - started
         eta = f", about {elapsed / (index - 1) * (len(jobs) - index + 1) / 60:.0f} min left" if index > 1 else ""
         print(f"[{index}/{len(jobs)}] training {arch} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})", flush=True)
+        reuse_only = model == "transformer" and bool(parent_dir or args.transformer_from)
+        if reuse_only:  # trained by an earlier run, in its own folder; never retrained here
+            save_dir = parent_dir or os.path.join(os.path.abspath(args.transformer_from), model, f"seed{seed}")
         command = ["bash", "scripts/train.sh", args.data_bin, save_dir, "--arch", arch, "--seed", str(seed),
                    "--lr", args.lr, "--warmup-updates", args.warmup_updates, "--dropout", args.dropout,
                    "--max-tokens", args.max_tokens, "--validate-interval-updates", args.validate_interval_updates,
@@ -180,28 +228,30 @@ def main():
         if args.heads:
             command += ["--encoder-attention-heads", str(args.heads), "--decoder-attention-heads", str(args.heads)]
         if model == "adamra":
-            command += adamra_flags
+            command += model_flags
+        if parent_dir and model == "transformer":
+            command = None  # a parent of any budget will do
+        elif parent_dir:
+            converted = os.path.join(save_dir, "converted.pt")
+            os.makedirs(save_dir, exist_ok=True)
+            if not os.path.isfile(converted):
+                convert = [sys.executable, "-m", "adamra_fairseq.convert", os.path.join(parent_dir, "checkpoint_last.pt"),
+                           converted, "--data", args.data_bin, *model_flags]
+                code = subprocess.run(convert, env=dict(env, PYTHONPATH=REPO_ROOT), cwd=REPO_ROOT).returncode
+                if code != 0:
+                    fail(f"converting {parent_dir}/checkpoint_last.pt failed (exit {code})")
+            command += ["--finetune-from-model", converted]
+        os.makedirs(save_dir, exist_ok=True)
         log_path = os.path.join(save_dir, "train.log")
-        measured = load_measurement(save_dir, "train")
-        if measured is None:  # not finished before: train (fairseq resumes from checkpoint_last.pt)
-            code, seconds, peak_mb = run_measured(command, log_path, env)
-            if code != 0:
-                fail(f"training {arch} seed {seed} failed (exit {code}); see {log_path}")
-            measured = save_measurement(save_dir, "train", seconds, peak_mb)
-        else:
-            print("      reusing the finished training run", flush=True)
+        measured = run_step(save_dir, "train", command, log_path, env, f"training {arch} seed {seed}", reuse_only)
         record = {"seed": seed, "arch": arch, "train_seconds": measured["seconds"],
                   "train_peak_mb": measured["peak_mb"], **parse_training_log(log_path), "tests": {}}
         for subset, name in test_sets.items():
             generate_log = os.path.join(save_dir, f"generate-{subset}.log")
-            measured = load_measurement(save_dir, f"generate-{subset}")
-            if measured is None:
-                code, gen_seconds, gen_peak = run_measured(
-                    ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"),
-                     subset, "--max-len-a", "1.2", "--max-len-b", "10"], generate_log, env)
-                if code != 0:
-                    fail(f"generating {subset} with {arch} seed {seed} failed (exit {code}); see {generate_log}")
-                measured = save_measurement(save_dir, f"generate-{subset}", gen_seconds, gen_peak)
+            generate = ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"),
+                        subset, "--max-len-a", "1.2", "--max-len-b", "10"]
+            measured = run_step(save_dir, f"generate-{subset}", generate, generate_log, env,
+                                f"generating {subset} with {arch} seed {seed}", reuse_only)
             with open(os.path.join(save_dir, f"generate-{subset}.json")) as handle:
                 scores = json.load(handle)
             scores.update(generate_seconds=measured["seconds"], generate_peak_mb=measured["peak_mb"],
@@ -218,6 +268,9 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
              f"Command: `python scripts/compare.py {' '.join(sys.argv[1:])}`  ",
              f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; data: `{args.data_bin}`; "
              f"seeds {seeds}; budget {budget_text} each; {args.threads} threads.", "",
+             *([f"The AdaMRA models are the transformers of `{args.finetune_from}` converted "
+                f"(`python -m adamra_fairseq.convert`) and fine-tuned for {budget_text}; the transformer rows are "
+                "those parents.", ""] if args.finetune_from else []),
              "| model | test set | BLEU | chrF |", "|---|---|---:|---:|"]
     summary = {}
     for model, by_seed in runs.items():

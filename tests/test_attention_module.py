@@ -1,5 +1,7 @@
 """MultiResolutionAttention (the fairseq module) against the naive reference and its own step-by-step path."""
 
+import math
+
 import pytest
 import torch
 
@@ -10,29 +12,63 @@ from adamra_fairseq.ops.naive import naive_adamra_attention
 EMBED, HEADS = 32, 8
 
 
-def options(rates=(1, 2), routing="soft", feature_map="elu", chunk=4):
+def options(rates=(1, 2), routing="soft", feature_map="elu", chunk=4, **extra):
     return AdaMRAOptions(rates=rates, routing=routing, balance_loss=0.0, feature_map=feature_map,
-                         places=("encoder", "decoder", "cross"), chunk_size=chunk, eps=1e-6)
+                         places=("encoder", "decoder", "cross"), chunk_size=chunk, eps=1e-6, **extra)
+
+
+def randomise_learned_parameters(module):
+    """Gate, temperatures, learned feature projections and head-norm gains away from their initial values."""
+    with torch.no_grad():
+        if module.gate.proj is not None:  # a non-uniform gate, so that routing matters
+            module.gate.proj.weight.normal_(std=0.5)
+            module.gate.proj.bias.normal_()
+        for name, parameter in module.named_parameters():
+            if name.startswith(("query_key.", "head_norm.")):
+                parameter.add_(torch.randn_like(parameter) * 0.3)
 
 
 def make_module(seed=0, **kwargs):
     torch.manual_seed(seed)
     module = MultiResolutionAttention(EMBED, HEADS, options(**kwargs), self_attention=True).double()
-    if module.gate.proj is not None:
-        with torch.no_grad():  # a non-uniform gate, so that routing matters
-            module.gate.proj.weight.normal_(std=0.5)
-            module.gate.proj.bias.normal_()
+    randomise_learned_parameters(module)
     return module.eval()
 
 
+def transformed_query_key(module, q, k):
+    """``--adamra-qk-norm`` and the learned feature projection, written out head by head."""
+    opts, transform = module.options, module.query_key
+    if opts.qk_norm == "scale":
+        q = q / math.sqrt(module.head_dim)
+    if opts.qk_norm == "l2":
+        root_tau = transform.log_temperature.exp().sqrt()[None, :, None, None]
+        q = q / q.norm(dim=-1, keepdim=True) * root_tau
+        k = k / k.norm(dim=-1, keepdim=True) * root_tau
+    if transform.weight is None:
+        return q, k
+
+    def project(x):
+        heads = [x[:, h] @ transform.weight[h] for h in range(x.size(1))]
+        if transform.bias is not None:
+            heads = [y + transform.bias[h] for h, y in enumerate(heads)]
+        return torch.stack(heads, dim=1)
+
+    return project(q), project(k)
+
+
 def reference_forward(module, query, key, mask=None, causal=False):
-    """Projections, naive attention per head, the gate written out, out_proj."""
+    """Projections, q/k transform, naive attention per head, head norm, the gate written out, out_proj."""
     def heads(x):
         return x.view(x.size(0), x.size(1), HEADS, -1).permute(1, 2, 0, 3)
 
     q, k, v = heads(module.q_proj(query)), heads(module.k_proj(key)), heads(module.v_proj(key))
+    q, k = transformed_query_key(module, q, k)
     rates = module.options.head_rates(HEADS)
-    out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map)
+    divide = module.options.normaliser in ("denominator", "both")
+    out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map, divide=divide)
+    if module.options.normaliser in ("norm", "both"):
+        gain = module.head_norm.gain[None, :, None, :]
+        out = out / torch.sqrt(out.square().mean(dim=-1, keepdim=True) + 1e-6) * gain
     out = out.permute(2, 0, 1, 3)  # (T, B, H, D)
     gate = torch.softmax(module.gate.proj(query), dim=-1)  # (T, B, R)
     num_rates = len(module.options.rates)
@@ -97,12 +133,12 @@ def reference_forward_no_gate(module, x):
     return module.out_proj(out.permute(2, 0, 1, 3).reshape(x.size(0), x.size(1), EMBED))
 
 
-def make_cross(seed=0):
+def make_cross(seed=0, **kwargs):
     torch.manual_seed(seed)
-    module = MultiResolutionAttention(EMBED, HEADS, options(rates=(1, 4)), kdim=8, vdim=8,
+    kwargs.setdefault("rates", (1, 4))
+    module = MultiResolutionAttention(EMBED, HEADS, options(**kwargs).for_cross_attention(), kdim=8, vdim=8,
                                       encoder_decoder_attention=True).double().eval()
-    with torch.no_grad():
-        module.gate.proj.weight.normal_(std=0.5)
+    randomise_learned_parameters(module)
     return module
 
 
@@ -118,6 +154,68 @@ def test_cross_attention_padding_invariance():
     batch_query = torch.cat([query, torch.randn(4, 1, EMBED, dtype=torch.float64)], dim=1)
     in_batch, _ = module(batch_query, batch_source, batch_source, key_padding_mask=mask)
     assert torch.allclose(in_batch[:, :1], alone, atol=1e-10)
+
+
+# (qk_norm, feature_map, feature_dim, normaliser): the quality options, in combinations that cover each value
+VARIANTS = [
+    ("l2", "hedgehog", 0, "both"),
+    ("scale", "t2r", 3, "norm"),
+    ("none", "taylor2", 0, "denominator"),
+    ("l2", "elu", 0, "norm"),
+    ("scale", "hedgehog", 6, "denominator"),
+]
+
+
+def variant(qk_norm, feature_map, feature_dim, normaliser):
+    return dict(qk_norm=qk_norm, feature_map=feature_map, feature_dim=feature_dim, normaliser=normaliser)
+
+
+@pytest.mark.parametrize("settings", VARIANTS)
+def test_quality_options_match_the_written_out_reference(settings):
+    module = make_module(rates=(1, 2, 4, 8), chunk=8, **variant(*settings))
+    x = torch.randn(9, 3, EMBED, dtype=torch.float64)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[1, :3] = True
+    out, _ = module(x, x, x, key_padding_mask=mask)
+    assert torch.allclose(out, reference_forward(module, x, x, mask), atol=1e-10)
+    causal, _ = module(x, x, x, attn_mask=future_mask(9))
+    assert torch.allclose(causal, reference_forward(module, x, x, causal=True), atol=1e-10)
+
+
+@pytest.mark.parametrize("settings", VARIANTS)
+def test_quality_options_incremental_equals_parallel(settings):
+    module = make_module(rates=(1, 3), chunk=6, **variant(*settings))
+    x = torch.randn(8, 2, EMBED, dtype=torch.float64)
+    parallel, _ = module(x, x, x, attn_mask=future_mask(8))
+    state = {}
+    steps = [module(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state)[0] for t in range(8)]
+    assert torch.allclose(torch.cat(steps), parallel, atol=1e-10)
+
+
+@pytest.mark.parametrize("settings", VARIANTS)
+def test_cross_attention_quality_options_cached_equals_parallel_and_reference(settings):
+    module = make_cross(**variant(*settings))
+    source = torch.randn(7, 2, 8, dtype=torch.float64)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[1, :3] = True
+    queries = torch.randn(4, 2, EMBED, dtype=torch.float64)
+    full, _ = module(queries, source, source, key_padding_mask=mask)
+    assert torch.allclose(full, reference_forward(module, queries, source, mask), atol=1e-10)
+    state = {}
+    steps = [module(queries[t : t + 1], source if t == 0 else None, source if t == 0 else None,
+                    key_padding_mask=mask, incremental_state=state, static_kv=True)[0] for t in range(4)]
+    assert torch.allclose(torch.cat(steps), full, atol=1e-10)
+
+
+def test_cross_attention_overrides_apply_to_cross_attention_only():
+    settings = options(rates=(1, 2, 4, 8), cross={"rates": (1,), "feature_map": "hedgehog", "qk_norm": "l2"})
+    self_attention = MultiResolutionAttention(EMBED, HEADS, settings, self_attention=True)
+    cross_attention = MultiResolutionAttention(EMBED, HEADS, settings.for_cross_attention(), kdim=8, vdim=8,
+                                               encoder_decoder_attention=True)
+    assert self_attention.rates == (1, 2, 4, 8) and self_attention.query_key.weight is None
+    assert cross_attention.rates == (1,) and cross_attention.gate.proj is None
+    assert cross_attention.feature_dim == 2 * (EMBED // HEADS)
+    assert cross_attention.query_key.log_temperature is not None
 
 
 def test_cross_attention_incremental_caches_and_reorders():

@@ -158,10 +158,31 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
     assert f"| {dict(adamra['valid_loss'])[2]:.3f} | {adamra['valid_loss'][-1][1]:.3f} (3) |" in rows["toy/adamra"]
     assert f"{adamra['tests']['test-toy']['bleu']:.2f} / {adamra['tests']['test-toy']['chrf']:.2f}" in rows["toy/adamra"]
 
-    # a second run reuses every finished step
-    again = run([sys.executable, "scripts/compare.py", "--data-bin", tiny_data_bin, "--seeds", "1",
-                 "--max-update", "3", "--threads", "1", "--out", str(out)])
+    # a second run with the same flags reuses every finished step; other flags are refused, not mixed in
+    flags = ["--data-bin", tiny_data_bin, "--seeds", "1", "--max-update", "3", "--validate-interval-updates", "1",
+             "--warmup-updates", "2", "--max-tokens", "1000", "--threads", "1", "--heads", "2"]
+    again = run([sys.executable, "scripts/compare.py", *flags, "--adamra-rates", "1,2", "--out", str(out)])
     assert again.stdout.count("reusing the finished training run") == 2
+    other = run([sys.executable, "scripts/compare.py", *flags, "--adamra-rates", "1", "--out", str(out)], check=False)
+    assert other.returncode != 0 and "holds a finished train run with other flags" in other.stderr
+    variant = run([sys.executable, "scripts/compare.py", *flags, "--adamra-rates", "1", "--transformer-from", str(out),
+                   "--out", str(tmp_path / "variant")])
+    assert variant.stdout.count("reusing the finished training run") == 1 and not (tmp_path / "variant" / "transformer").exists()
+    assert "adamra_rates='1'" in (tmp_path / "variant" / "adamra" / "seed1" / "train.log").read_text()
+    stray = run([sys.executable, "scripts/compare.py", *flags, "--encoder-layers", "3"], check=False)
+    assert stray.returncode != 0 and "only --adamra-* flags are passed on" in stray.stderr
+
+    # fine-tuning AdaMRA models converted from the finished transformers
+    tuned = tmp_path / "finetuned"
+    result = run([sys.executable, "scripts/compare.py", *flags, "--adamra-rates", "1,2", "--adamra-feature-map",
+                  "hedgehog", "--finetune-from", str(out), "--max-update", "2", "--out", str(tuned)])
+    assert "reusing the finished training run" in result.stdout  # the parent transformer
+    assert (tuned / "adamra" / "seed1" / "converted.pt").is_file() and not (tuned / "transformer").exists()
+    tuned_log = (tuned / "adamra" / "seed1" / "train.log").read_text()
+    assert "Loaded checkpoint" in tuned_log and "converted.pt (epoch 1 @ 0 updates)" in tuned_log
+    tuned_summary = json.loads((tuned / "results.json").read_text())
+    assert tuned_summary["runs"]["adamra"]["1"]["updates"] == 2
+    assert tuned_summary["runs"]["transformer"]["1"]["tests"] == summary["runs"]["transformer"]["1"]["tests"]
 
     missing = run([sys.executable, "scripts/ablation_table.py", f"x={tmp_path / 'nowhere'}"], check=False)
     assert missing.returncode != 0 and "is not LABEL=DIR with an existing DIR" in missing.stderr

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from adamra_fairseq.ops.bidirectional import bidirectional_attention
 from adamra_fairseq.ops.causal import causal_attention
-from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu
+from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recurrent import causal_step, initial_state
 
@@ -62,18 +62,47 @@ def test_causal_matches_naive(rate, chunk_factor, length):
     assert torch.allclose(actual, expected, atol=TOL)
 
 
-@pytest.mark.parametrize("name", ["relu", "dpfp1", "dpfp2"])
+def recurrent_attention(q, k, v, head_rates, feature_map=elu_plus_one, divide=True, feature_dim=None):
+    """Every position through :func:`causal_step`, one at a time: ``(B, H, T, Dv)``."""
+    batch, heads, length, dim = q.shape
+    state = initial_state(batch, heads, dim, v.size(-1), q.dtype, q.device, feature_dim)
+    outputs = []
+    for t in range(length):
+        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor(head_rates),
+                                 feature_map, divide=divide)
+        outputs.append(out)
+    return torch.stack(outputs, dim=2)
+
+
+@pytest.mark.parametrize("name", ["relu", "dpfp1", "dpfp2", "taylor2", "hedgehog"])
 def test_causal_and_recurrent_match_naive_for_other_feature_maps(name):
     q, k, v = random_qkv(heads=2, length=11, seed=8)
     feature_map = FEATURE_MAPS[name]
     expected = naive_adamra_attention(q, k, v, [3, 3], causal=True, feature_map=feature_map)
     assert torch.allclose(causal_attention(q, k, v, 3, 6, feature_map), expected, atol=TOL)
-    state = initial_state(3, 2, 5, 5, q.dtype, q.device, feature_width(name, 5))
-    outputs = []
-    for t in range(11):
-        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor([3, 3]), feature_map)
-        outputs.append(out)
-    assert torch.allclose(torch.stack(outputs, dim=2), expected, atol=TOL)
+    recurrent = recurrent_attention(q, k, v, [3, 3], feature_map, feature_dim=feature_width(name, 5))
+    assert torch.allclose(recurrent, expected, atol=TOL)
+
+
+@pytest.mark.parametrize("name", ["elu", "taylor2", "hedgehog"])
+def test_without_denominator_every_path_matches_the_naive_weighted_sum(name):
+    """``divide=False`` (the output-norm normaliser): the raw sum of weighted slot values, in every path."""
+    feature_map = FEATURE_MAPS[name]
+    q, k, v = random_qkv(heads=2, length=11, src_len=13, seed=12)
+    mask = left_padding_mask([13, 8, 2], 13)
+    expected = naive_adamra_attention(q, k, v, [4, 4], mask, feature_map=feature_map, divide=False)
+    actual = bidirectional_attention(q, k, v, 4, mask, feature_map=feature_map, divide=False)
+    assert torch.allclose(actual, expected, atol=TOL)
+    q, k, v = random_qkv(heads=2, length=11, seed=13)
+    expected = naive_adamra_attention(q, k, v, [2, 2], causal=True, feature_map=feature_map, divide=False)
+    assert torch.allclose(causal_attention(q, k, v, 2, 4, feature_map, divide=False), expected, atol=TOL)
+    recurrent = recurrent_attention(q, k, v, [2, 2], feature_map, divide=False, feature_dim=feature_width(name, 5))
+    assert torch.allclose(recurrent, expected, atol=TOL)
+    # and dividing this sum by the summed weights gives the usual output
+    weights_only = naive_adamra_attention(q, k, torch.ones_like(v[..., :1]), [2, 2], causal=True,
+                                          feature_map=feature_map, divide=False)
+    divided = naive_adamra_attention(q, k, v, [2, 2], causal=True, feature_map=feature_map, eps=0.0)
+    assert torch.allclose(expected / weights_only, divided, atol=TOL)
 
 
 def test_dpfp_features_written_out():
@@ -84,7 +113,25 @@ def test_dpfp_features_written_out():
         expected = [r[i] * r[i - 1] for i in range(4)] + [r[i] * r[i - 2] for i in range(4)]
         assert row.tolist() == pytest.approx(expected)
     widths = {name: feature_width(name, 6) for name in FEATURE_MAPS}
-    assert widths == {"elu": 6, "relu": 6, "dpfp1": 12, "dpfp2": 24}
+    assert widths == {"elu": 6, "relu": 6, "dpfp1": 12, "dpfp2": 24, "taylor2": 1 + 6 + 21, "hedgehog": 12, "t2r": 6}
+
+
+def test_taylor2_kernel_is_the_second_order_taylor_polynomial_of_exp():
+    q, k, _ = random_qkv(batch=1, heads=1, length=7, dim=5, seed=11)
+    kernel = taylor2(q) @ taylor2(k).transpose(-1, -2)
+    dots = q @ k.transpose(-1, -2)
+    assert torch.allclose(kernel, 1 + dots + dots ** 2 / 2, atol=1e-12)
+    assert bool((kernel >= 0.5 - 1e-12).all())
+
+
+def test_softmax_pair_halves_are_distributions_that_peak_where_the_input_does():
+    x = torch.tensor([[3.0, -1.0, 0.5]], dtype=torch.float64)
+    features = softmax_pair(x)
+    assert features.shape == (1, 6)
+    assert torch.allclose(features[:, :3].sum(-1), torch.ones(1, dtype=torch.float64))
+    assert torch.allclose(features[:, 3:].sum(-1), torch.ones(1, dtype=torch.float64))
+    assert features[0, :3].argmax() == 0 and features[0, 3:].argmax() == 1
+    assert torch.allclose(features[0, :3], torch.exp(x[0]) / torch.exp(x[0]).sum())
 
 
 def test_causal_rejects_chunk_not_multiple_of_rate():
@@ -109,12 +156,7 @@ def test_recurrent_steps_match_naive_for_mixed_rates():
     q, k, v = random_qkv(heads=4, length=17, seed=3)
     rates = [1, 2, 3, 5]
     expected = naive_adamra_attention(q, k, v, rates, causal=True)
-    state = initial_state(3, 4, 5, 5, q.dtype, q.device)
-    outputs = []
-    for t in range(17):
-        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor(rates))
-        outputs.append(out)
-    assert torch.allclose(torch.stack(outputs, dim=2), expected, atol=TOL)
+    assert torch.allclose(recurrent_attention(q, k, v, rates), expected, atol=TOL)
 
 
 def linear_attention(q, k, v, causal, eps=1e-6):

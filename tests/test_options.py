@@ -26,7 +26,18 @@ BAD_INPUTS = [
     (dict(adamra_rates="1,2", adamra_attention="decoder", decoder_attention_heads=3),
      "does not divide --decoder-attention-heads=3"),
     (dict(adamra_routing="top2"), "--adamra-routing 'top2' is unknown: choose one of soft, top1"),
-    (dict(adamra_feature_map="softmax"), "--adamra-feature-map 'softmax' is unknown: choose one of elu, relu, dpfp1, dpfp2"),
+    (dict(adamra_feature_map="softmax"),
+     "--adamra-feature-map 'softmax' is unknown: choose one of elu, relu, dpfp1, dpfp2, taylor2, hedgehog, t2r"),
+    (dict(adamra_cross_feature_map="exp"), "--adamra-cross-feature-map 'exp' is unknown"),
+    (dict(adamra_qk_norm="layer"), "--adamra-qk-norm 'layer' is unknown: choose one of none, scale, l2"),
+    (dict(adamra_cross_qk_norm="L2"), "--adamra-cross-qk-norm 'L2' is unknown"),
+    (dict(adamra_normaliser="rms"), "--adamra-normaliser 'rms' is unknown: choose one of denominator, norm, both"),
+    (dict(adamra_feature_dim=-1, adamra_feature_map="t2r"), "--adamra-feature-dim -1 is invalid"),
+    (dict(adamra_feature_dim=32), "--adamra-feature-dim 32 applies only to the learned feature maps (hedgehog, t2r), "
+                                  "not to elu"),
+    (dict(adamra_cross_feature_dim=8, adamra_cross_feature_map="taylor2"), "--adamra-cross-feature-dim 8 applies only"),
+    (dict(adamra_cross_rates="1,2,4"), "--adamra-cross-rates has 3 rates, which does not divide --decoder-attention-heads=8"),
+    (dict(adamra_cross_rates="1,0"), "--adamra-cross-rates: rate 0 is below 1"),
     (dict(adamra_attention="encoder,ffn"), "--adamra-attention 'encoder,ffn' is invalid"),
     (dict(adamra_attention=""), "--adamra-attention '' is invalid"),
     (dict(adamra_chunk_size=0), "--adamra-chunk-size 0 is invalid"),
@@ -50,6 +61,21 @@ def test_defaults_are_valid():
     assert options.rates == (1, 2, 4, 8)
     assert options.head_rates(8) == (1, 1, 2, 2, 4, 4, 8, 8)
     assert options.places == ("encoder", "decoder", "cross")
+
+
+def test_cross_flags_override_only_cross_attention():
+    options = parse_adamra_options(namespace(adamra_feature_map="hedgehog", adamra_feature_dim=32,
+                                             adamra_cross_rates="1", adamra_cross_qk_norm="l2"))
+    assert (options.rates, options.feature_map, options.feature_dim, options.qk_norm) == ((1, 2, 4, 8), "hedgehog", 32, "none")
+    cross = options.for_cross_attention()
+    assert (cross.rates, cross.feature_map, cross.feature_dim, cross.qk_norm) == ((1,), "hedgehog", 32, "l2")
+    # a non-learned cross map does not inherit the learned map's width
+    cross = parse_adamra_options(namespace(adamra_feature_map="hedgehog", adamra_feature_dim=32,
+                                           adamra_cross_feature_map="elu")).for_cross_attention()
+    assert (cross.feature_map, cross.feature_dim) == ("elu", 0)
+    # cross rates need only divide the decoder's heads
+    parse_adamra_options(namespace(adamra_rates="1,2", adamra_cross_rates="1,2,4,8", encoder_attention_heads=2,
+                                   adamra_attention="encoder,cross"))
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -106,16 +106,22 @@ def adamra_transformer_wmt_en_de(args):
     _validated(args)
 
 
+def _set_sizes(args, embed_dim: int, ffn_dim: int, heads: int, layers: int) -> None:
+    """The same sizes for encoder and decoder, where the command line did not set them."""
+    for side in ("encoder", "decoder"):
+        for name, value in (("embed_dim", embed_dim), ("ffn_embed_dim", ffn_dim),
+                            ("attention_heads", heads), ("layers", layers)):
+            setattr(args, f"{side}_{name}", getattr(args, f"{side}_{name}", value))
+
+
 def tiny_sizes(args):
-    """A 2+2-layer, 128-wide model for CPU demos and tests (8 heads so that 1,2,4,8 fits)."""
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 128)
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 256)
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 8)
-    args.encoder_layers = getattr(args, "encoder_layers", 2)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 128)
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", 256)
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 8)
-    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    """A 2+2-layer, 128-wide model for CPU demos and tests (8 heads of 16, so that 1,2,4,8 fits)."""
+    _set_sizes(args, embed_dim=128, ffn_dim=256, heads=8, layers=2)
+
+
+def small_sizes(args):
+    """A 3+3-layer, 256-wide model with 4 heads of 64 (the head width of real MT models), FFN 1024."""
+    _set_sizes(args, embed_dim=256, ffn_dim=1024, heads=4, layers=3)
 
 
 @register_model_architecture("adamra_transformer", "adamra_transformer_tiny")
@@ -129,4 +135,18 @@ def adamra_transformer_tiny(args):
 def transformer_adamra_tiny_baseline(args):
     """The vanilla transformer with ``adamra_transformer_tiny``'s sizes, for like-for-like comparisons."""
     tiny_sizes(args)
+    base_architecture(args)
+
+
+@register_model_architecture("adamra_transformer", "adamra_transformer_small")
+def adamra_transformer_small(args):
+    small_sizes(args)
+    base_architecture(args)
+    _validated(args)
+
+
+@register_model_architecture("transformer", "transformer_adamra_small_baseline")
+def transformer_adamra_small_baseline(args):
+    """The vanilla transformer with ``adamra_transformer_small``'s sizes."""
+    small_sizes(args)
     base_architecture(args)

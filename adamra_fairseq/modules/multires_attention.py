@@ -12,6 +12,11 @@ Which computation runs follows what fairseq passes in:
   summaries ``(S, z)`` of the encoder output are computed at the first step,
   cached, and reused by every later step.
 
+In every path, queries and keys first go through the same per-position
+:class:`QueryKeyTransform` (``--adamra-qk-norm``, the learned feature maps'
+projection), and each head's output through the optional :class:`HeadNorm`
+(``--adamra-normaliser norm|both``) before the gate.
+
 There is no attention-weight dropout (no weights exist; ``--attention-dropout``
 is ignored by AdaMRA layers). Attention weights are never materialised: ``forward`` returns ``None`` for
 them (fairseq's ``--print-alignment`` needs softmax cross-attention).
@@ -28,7 +33,9 @@ from ..ops.causal import causal_attention
 from ..ops.feature_maps import FEATURE_MAPS, feature_width
 from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
 from ..ops.recurrent import causal_step, initial_state
+from .head_norm import HeadNorm
 from .options import AdaMRAOptions
+from .query_key_transform import QueryKeyTransform
 from .resolution_gate import ResolutionGate
 
 def causal_marker(device=None) -> Tensor:
@@ -55,7 +62,8 @@ class MultiResolutionAttention(nn.Module):
 
     Args:
         embed_dim: model width C; num_heads: H (the number of rates divides H).
-        options: validated AdaMRA options (rates, routing, feature map, ...).
+        options: validated AdaMRA options (rates, routing, feature map, ...); for
+            cross-attention, pass ``options.for_cross_attention()``.
         kdim, vdim: widths of key/value inputs (cross-attention), default C.
         self_attention / encoder_decoder_attention: as in fairseq.
     Inputs are time-major: query ``(T, B, C)``, key/value ``(S, B, C)``.
@@ -86,9 +94,14 @@ class MultiResolutionAttention(nn.Module):
         self.options = options
         self.rates = options.rates
         self.heads_per_rate = num_heads // len(options.rates)
+        self.query_key = QueryKeyTransform(
+            num_heads, self.head_dim, options.qk_norm, options.feature_map, options.feature_dim
+        )
         self.feature_map = FEATURE_MAPS[options.feature_map]
-        self.feature_dim = feature_width(options.feature_map, self.head_dim)
+        self.feature_dim = feature_width(options.feature_map, self.query_key.output_dim)
         self.eps = options.eps
+        self.divide = options.divides_by_normaliser
+        self.head_norm = HeadNorm(num_heads, self.head_dim) if options.normalises_output else None
         self.register_buffer(
             "head_rates", torch.tensor(options.head_rates(num_heads), dtype=torch.long), persistent=False
         )
@@ -137,21 +150,27 @@ class MultiResolutionAttention(nn.Module):
         if before_softmax:
             raise ValueError("MultiResolutionAttention has no softmax: before_softmax is not supported")
         tgt_len, batch, _ = query.shape
-        q = self._heads(self.q_proj(query))
+        q = self.query_key.queries(self._heads(self.q_proj(query)))
         if self.encoder_decoder_attention:
             heads_out = self._cross(q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask)
         elif incremental_state is not None:
             heads_out = self._decode_steps(q, key, value, incremental_state)
         else:
             heads_out = self._parallel_self(q, key, value, key_padding_mask, attn_mask)
+        if self.head_norm is not None:
+            heads_out = self.head_norm(heads_out)
         heads_out = heads_out.permute(2, 0, 1, 3)  # (T, B, H, D)
         scales = self.gate(query)
         if scales is not None:
             heads_out = heads_out * scales.unsqueeze(-1)
         return self.out_proj(heads_out.reshape(tgt_len, batch, self.embed_dim)), None
 
+    def _keys_values(self, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor]:
+        """Transformed per-head keys ``(B, H, S, N)`` and values ``(B, H, S, D)``."""
+        return self.query_key.keys(self._heads(self.k_proj(key))), self._heads(self.v_proj(value))
+
     def _parallel_self(self, q, key, value, key_padding_mask, attn_mask) -> Tensor:
-        k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        k, v = self._keys_values(key, value)
         if attn_mask is None:
             return self._bidirectional(q, k, v, key_padding_mask)
         self._check_future_mask(attn_mask, q.size(2))
@@ -159,17 +178,17 @@ class MultiResolutionAttention(nn.Module):
         if order is not None:
             q, k, v = gather_time(q, order), gather_time(k, order), gather_time(v, order)
         outputs = [
-            causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps)
+            causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps, self.divide)
             for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)
         ]
         out = torch.cat(outputs, dim=1)
         return scatter_time(out, order) if order is not None else out
 
     def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
-        return attend_state(q, self._summaries(k, v, key_padding_mask), self.feature_map, self.eps)
+        return attend_state(q, self._summaries(k, v, key_padding_mask), self.feature_map, self.eps, self.divide)
 
     def _summaries(self, k, v, key_padding_mask) -> Tensor:
-        """Per-head ``[S | z]`` ``(B, H, D, D + 1)`` of the pooled keys/values."""
+        """Per-head ``[S | z]`` ``(B, H, F, D + 1)`` of the pooled keys/values."""
         return torch.cat([
             kv_state(kg, vg, rate, key_padding_mask, self.feature_map)
             for kg, vg, rate in zip(self._groups(k), self._groups(v), self.rates)
@@ -194,26 +213,26 @@ class MultiResolutionAttention(nn.Module):
         if static_kv and saved.get("summary") is not None:
             summary = saved["summary"]
         else:
-            k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+            k, v = self._keys_values(key, value)
             summary = self._summaries(k, v, key_padding_mask)
             if incremental_state is not None and static_kv:
                 self._set_input_buffer(incremental_state, {"summary": summary})
-        return attend_state(q, summary, self.feature_map, self.eps)
+        return attend_state(q, summary, self.feature_map, self.eps, self.divide)
 
     def _decode_steps(self, q, key, value, incremental_state) -> Tensor:
         """Causal self-attention one position at a time, carrying the recurrent state."""
-        k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+        k, v = self._keys_values(key, value)
         state = self._get_input_buffer(incremental_state)
         if state.get("summary") is None:
             batch = q.size(0)
             state = initial_state(
-                batch, self.num_heads, self.head_dim, self.head_dim, q.dtype, q.device, self.feature_dim
+                batch, self.num_heads, k.size(-1), self.head_dim, q.dtype, q.device, self.feature_dim
             )
         outputs = []
         for position in range(q.size(2)):  # generation passes one position at a time
             out, state = causal_step(
                 q[:, :, position], k[:, :, position], v[:, :, position], state,
-                self.head_rates, self.feature_map, self.eps,
+                self.head_rates, self.feature_map, self.eps, self.divide,
             )
             outputs.append(out.to(q.dtype).unsqueeze(2))
         self._set_input_buffer(incremental_state, state)

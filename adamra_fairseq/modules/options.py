@@ -1,19 +1,32 @@
-"""The ``--adamra-*`` command-line options: definitions, defaults and validation."""
+"""The ``--adamra-*`` command-line options: definitions, defaults and validation.
+
+Options that shape one attention (rates, feature map, its width, q/k
+normalisation, normaliser) exist twice: ``--adamra-X`` sets them for every
+AdaMRA attention, ``--adamra-cross-X`` overrides them for encoder-decoder
+attention only (unset: the same as self-attention).
+"""
 
 import math
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Mapping, Tuple
 
-from ..ops.feature_maps import FEATURE_MAPS
+from ..ops.feature_maps import FEATURE_MAPS, LEARNED_FEATURE_MAPS
+from .query_key_transform import QK_NORMS
 
 ROUTINGS = ("soft", "top1")
+NORMALISERS = ("denominator", "norm", "both")
 BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
 ATTENTION_PLACES = ("encoder", "decoder", "cross")
+# Options that self- and cross-attention may set differently (--adamra-X and --adamra-cross-X).
+PER_PLACE = ("rates", "feature_map", "feature_dim", "qk_norm", "normaliser")
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
     "adamra_routing": "soft",
     "adamra_balance_loss": 0.0,
     "adamra_feature_map": "elu",
+    "adamra_feature_dim": 0,
+    "adamra_qk_norm": "none",
+    "adamra_normaliser": "denominator",
     "adamra_attention": "encoder,decoder,cross",
     "adamra_chunk_size": 64,
     "adamra_eps": 1e-6,
@@ -24,21 +37,41 @@ class AdaMRAOptionError(ValueError):
     """A bad ``--adamra-*`` value; the message names the flag and what it accepts."""
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def add_adamra_args(parser) -> None:
     """Adds the ``--adamra-*`` flags to an argparse parser (defaults come from the architecture)."""
     group = parser.add_argument_group("AdaMRA attention")
-    group.add_argument("--adamra-rates", type=str, metavar="R1,R2,...",
-                       help="compression rates, one per group of heads, in head order; their number must "
-                            f"divide the number of heads (default {DEFAULTS['adamra_rates']})")
+    per_place_help = {
+        "rates": ("R1,R2,...", str, "compression rates, one per group of heads, in head order; their number must "
+                                    "divide the number of heads"),
+        "feature_map": ("|".join(FEATURE_MAPS), str,
+                        "kernel feature map phi: elu = elu(x)+1, relu, dpfp1/dpfp2 = DPFP with nu 1/2 (2*nu*N "
+                        "features), taylor2 = 2nd-order Taylor of exp (1+N+N(N+1)/2 features), hedgehog = "
+                        "[softmax(xW), softmax(-xW)] with a learned per-head W (identity at start; 2N features), "
+                        "t2r = relu(xW+b) with learned W, b (N features); N is the head width or --adamra-feature-dim"),
+        "feature_dim": ("N", int, "input width N of a learned feature map (hedgehog, t2r); 0 = the head width"),
+        "qk_norm": ("|".join(QK_NORMS), str,
+                    "before phi: none; scale = q times head_dim^-1/2; l2 = q and k l2-normalised, times the "
+                    "square root of a learned per-head temperature"),
+        "normaliser": ("|".join(NORMALISERS), str,
+                       "denominator = divide by phi(q).z; norm = an RMS norm on each head's output instead; "
+                       "both = divide, then norm"),
+    }
+    for name in PER_PLACE:
+        metavar, kind, text = per_place_help[name]
+        group.add_argument(_flag("adamra_" + name), type=kind, metavar=metavar,
+                           help=f"{text} (default {DEFAULTS['adamra_' + name]})")
+        group.add_argument(_flag("adamra_cross_" + name), type=kind, metavar=metavar,
+                           help=f"the same for encoder-decoder attention only (default: as {_flag('adamra_' + name)})")
     group.add_argument("--adamra-routing", type=str, metavar="|".join(ROUTINGS),
                        help="per-position resolution gate: soft scales every rate's heads by R*g, top1 keeps "
                             f"only the arg-max rate's heads (default {DEFAULTS['adamra_routing']})")
     group.add_argument("--adamra-balance-loss", type=float, metavar="W",
                        help="weight of the load-balancing loss for --adamra-routing top1 (needs "
                             "--criterion adamra_label_smoothed_cross_entropy; default 0)")
-    group.add_argument("--adamra-feature-map", type=str, metavar="|".join(FEATURE_MAPS),
-                       help="kernel feature map phi: elu = elu(x)+1, relu, dpfp1/dpfp2 = DPFP with nu 1/2 "
-                            f"(2*nu*head_dim features) (default {DEFAULTS['adamra_feature_map']})")
     group.add_argument("--adamra-attention", type=str, metavar="PLACES",
                        help="comma subset of encoder,decoder,cross: where AdaMRA replaces softmax "
                             f"attention (default {DEFAULTS['adamra_attention']})")
@@ -50,49 +83,119 @@ def add_adamra_args(parser) -> None:
 
 
 def fill_adamra_defaults(args) -> None:
-    """Sets every unset ``adamra_*`` attribute to its default (architecture functions call this)."""
+    """Sets every unset ``adamra_*`` attribute to its default (architecture functions call this).
+
+    The ``adamra_cross_*`` overrides stay None when unset: cross-attention then
+    follows the self-attention values.
+    """
     for name, value in DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    for name in PER_PLACE:
+        if not hasattr(args, "adamra_cross_" + name):
+            setattr(args, "adamra_cross_" + name, None)
 
 
 @dataclass(frozen=True)
 class AdaMRAOptions:
+    """Validated options of AdaMRA attention.
+
+    The fields after ``eps`` default to the plain method (no extra q/k
+    transform, the kernel denominator, elementwise maps); ``cross`` holds the
+    per-place values that differ for encoder-decoder attention.
+    """
+
     rates: Tuple[int, ...]
-    routing: str
-    balance_loss: float
-    feature_map: str
-    places: Tuple[str, ...]
-    chunk_size: int
-    eps: float
+    routing: str = "soft"
+    balance_loss: float = 0.0
+    feature_map: str = "elu"
+    places: Tuple[str, ...] = ATTENTION_PLACES
+    chunk_size: int = 64
+    eps: float = 1e-6
+    feature_dim: int = 0
+    qk_norm: str = "none"
+    normaliser: str = "denominator"
+    cross: Mapping[str, object] = field(default_factory=dict)
 
     def head_rates(self, num_heads: int) -> Tuple[int, ...]:
         """Rate of each head: rate i owns heads ``i*H/R .. (i+1)*H/R - 1``."""
         per_rate = num_heads // len(self.rates)
         return tuple(rate for rate in self.rates for _ in range(per_rate))
 
+    def for_cross_attention(self) -> "AdaMRAOptions":
+        """These options with the cross-attention overrides applied."""
+        return replace(self, **self.cross, cross={})
 
-def _parse_rates(text) -> Tuple[int, ...]:
-    accepted = "a comma list of integers >= 1, e.g. --adamra-rates 1,2,4,8"
+    @property
+    def divides_by_normaliser(self) -> bool:
+        return self.normaliser in ("denominator", "both")
+
+    @property
+    def normalises_output(self) -> bool:
+        return self.normaliser in ("norm", "both")
+
+
+def _parse_rates(text, flag: str = "--adamra-rates") -> Tuple[int, ...]:
+    accepted = f"a comma list of integers >= 1, e.g. {flag} 1,2,4,8"
     parts = [part.strip() for part in str(text).split(",")]
     if not text or any(not part for part in parts):
-        raise AdaMRAOptionError(f"--adamra-rates {text!r} is empty or has an empty entry: expected {accepted}")
+        raise AdaMRAOptionError(f"{flag} {text!r} is empty or has an empty entry: expected {accepted}")
     rates = []
     for part in parts:
         try:
             rate = int(part)
         except ValueError:
-            raise AdaMRAOptionError(f"--adamra-rates: {part!r} is not an integer: expected {accepted}") from None
+            raise AdaMRAOptionError(f"{flag}: {part!r} is not an integer: expected {accepted}") from None
         if rate < 1:
-            raise AdaMRAOptionError(f"--adamra-rates: rate {rate} is below 1: expected {accepted}")
+            raise AdaMRAOptionError(f"{flag}: rate {rate} is below 1: expected {accepted}")
         rates.append(rate)
     return tuple(rates)
 
 
-def _check_heads(rates, heads: int, flag: str) -> None:
+def _choice(choices: Tuple[str, ...]) -> Callable[[object, str], str]:
+    def parse(value, flag: str) -> str:
+        if str(value) not in choices:
+            raise AdaMRAOptionError(f"{flag} {str(value)!r} is unknown: choose one of {', '.join(choices)}")
+        return str(value)
+    return parse
+
+
+def _parse_feature_dim(value, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AdaMRAOptionError(f"{flag} {value} is invalid: use 0 (the head width) or a positive width")
+    return value
+
+
+PER_PLACE_PARSERS: Dict[str, Callable[[object, str], object]] = {
+    "rates": _parse_rates,
+    "feature_map": _choice(tuple(FEATURE_MAPS)),
+    "feature_dim": _parse_feature_dim,
+    "qk_norm": _choice(QK_NORMS),
+    "normaliser": _choice(NORMALISERS),
+}
+
+
+def _per_place_values(args, prefix: str, fallback: Mapping[str, object]) -> Dict[str, object]:
+    """Parsed ``{prefix}X`` values for X in PER_PLACE; unset ones come from ``fallback``."""
+    values = {}
+    for name in PER_PLACE:
+        raw = getattr(args, prefix + name, None)
+        values[name] = fallback[name] if raw is None else PER_PLACE_PARSERS[name](raw, _flag(prefix + name))
+    if getattr(args, prefix + "feature_dim", None) is None and values["feature_map"] not in LEARNED_FEATURE_MAPS:
+        values["feature_dim"] = 0  # an inherited width of a learned map does not apply to this one
+    feature_dim_flag = _flag(prefix + "feature_dim")
+    if values["feature_dim"] and values["feature_map"] not in LEARNED_FEATURE_MAPS:
+        raise AdaMRAOptionError(
+            f"{feature_dim_flag} {values['feature_dim']} applies only to the learned feature maps "
+            f"({', '.join(LEARNED_FEATURE_MAPS)}), not to {values['feature_map']}: set it to 0 or pick one of them"
+        )
+    return values
+
+
+def _check_heads(rates, heads: int, flag: str, rates_flag: str = "--adamra-rates") -> None:
     if heads % len(rates):
         raise AdaMRAOptionError(
-            f"--adamra-rates has {len(rates)} rates, which does not divide {flag}={heads}: "
+            f"{rates_flag} has {len(rates)} rates, which does not divide {flag}={heads}: "
             f"use a number of rates that divides {heads}"
         )
 
@@ -103,20 +206,14 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     Raises :class:`AdaMRAOptionError` with a one-line message naming the flag.
     """
     fill_adamra_defaults(args)
-    rates = _parse_rates(args.adamra_rates)
-    routing = str(args.adamra_routing)
-    if routing not in ROUTINGS:
-        raise AdaMRAOptionError(f"--adamra-routing {routing!r} is unknown: choose one of {', '.join(ROUTINGS)}")
+    own = _per_place_values(args, "adamra_", {})
+    cross = _per_place_values(args, "adamra_cross_", own)
+    routing = _choice(ROUTINGS)(args.adamra_routing, "--adamra-routing")
     balance = float(args.adamra_balance_loss)
     if not math.isfinite(balance) or balance < 0:
         raise AdaMRAOptionError(f"--adamra-balance-loss {balance} is invalid: use a finite weight >= 0")
     if balance > 0 and routing != "top1":
         raise AdaMRAOptionError("--adamra-balance-loss only applies to --adamra-routing top1: set it to 0 or use top1")
-    feature_map = str(args.adamra_feature_map)
-    if feature_map not in FEATURE_MAPS:
-        raise AdaMRAOptionError(
-            f"--adamra-feature-map {feature_map!r} is unknown: choose one of {', '.join(FEATURE_MAPS)}"
-        )
     places = tuple(part.strip() for part in str(args.adamra_attention).split(",") if part.strip())
     unknown = [place for place in places if place not in ATTENTION_PLACES]
     if unknown or not places:
@@ -124,9 +221,10 @@ def parse_adamra_options(args) -> AdaMRAOptions:
             f"--adamra-attention {args.adamra_attention!r} is invalid: use a comma subset of "
             f"{','.join(ATTENTION_PLACES)}"
         )
+    rates = own["rates"]
     chunk = args.adamra_chunk_size
     lcm = math.lcm(*rates)
-    if not isinstance(chunk, int) or chunk < 1 or chunk % lcm:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % lcm:
         raise AdaMRAOptionError(
             f"--adamra-chunk-size {chunk} is invalid: use a positive multiple of every rate "
             f"(a multiple of {lcm} for --adamra-rates {','.join(map(str, rates))})"
@@ -136,9 +234,15 @@ def parse_adamra_options(args) -> AdaMRAOptions:
         raise AdaMRAOptionError(f"--adamra-eps {eps} is invalid: use a small positive number such as 1e-6")
     if "encoder" in places:
         _check_heads(rates, _heads(args, "encoder"), "--encoder-attention-heads")
-    if "decoder" in places or "cross" in places:  # cross-attention uses the decoder's heads
+    if "decoder" in places:
         _check_heads(rates, _heads(args, "decoder"), "--decoder-attention-heads")
-    return AdaMRAOptions(rates, routing, balance, feature_map, places, chunk, eps)
+    if "cross" in places:  # cross-attention uses the decoder's heads
+        rates_flag = "--adamra-cross-rates" if getattr(args, "adamra_cross_rates", None) else "--adamra-rates"
+        _check_heads(cross["rates"], _heads(args, "decoder"), "--decoder-attention-heads", rates_flag)
+    cross_overrides = {name: value for name, value in cross.items() if value != own[name]}
+    return AdaMRAOptions(rates=rates, routing=routing, balance_loss=balance, feature_map=own["feature_map"],
+                         places=places, chunk_size=chunk, eps=eps, feature_dim=own["feature_dim"],
+                         qk_norm=own["qk_norm"], normaliser=own["normaliser"], cross=cross_overrides)
 
 
 def check_balance_criterion(args) -> None:
@@ -157,3 +261,4 @@ def _heads(args, side: str) -> int:
     if sub is not None and not isinstance(sub, (str, int)) and hasattr(sub, "attention_heads"):
         return int(sub.attention_heads)
     return int(getattr(args, f"{side}_attention_heads"))
+

@@ -19,7 +19,8 @@ class AdaMRAEncoderLayer(TransformerEncoderLayerBase):
 
 
 class AdaMRADecoderLayer(TransformerDecoderLayerBase):
-    """Decoder layer with causal AdaMRA self-attention (``decoder``) and AdaMRA cross-attention (``cross``)."""
+    """Decoder layer with causal AdaMRA self-attention (``decoder``) and AdaMRA cross-attention (``cross``,
+    with the ``--adamra-cross-*`` overrides)."""
 
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         options = parse_adamra_options(cfg)
@@ -37,6 +38,6 @@ class AdaMRADecoderLayer(TransformerDecoderLayerBase):
         if "cross" not in options.places:
             return super().build_encoder_attention(embed_dim, cfg)
         return MultiResolutionAttention(
-            embed_dim, cfg.decoder.attention_heads, options,
+            embed_dim, cfg.decoder.attention_heads, options.for_cross_attention(),
             kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim, encoder_decoder_attention=True,
         )

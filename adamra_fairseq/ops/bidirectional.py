@@ -32,8 +32,10 @@ def with_ones(v: torch.Tensor) -> torch.Tensor:
     return F.pad(v, (0, 1), value=1.0)
 
 
-def normalise(numerator_with_sum: torch.Tensor, eps: float) -> torch.Tensor:
-    """``[n | d]`` -> ``n / (d + eps)``."""
+def normalise(numerator_with_sum: torch.Tensor, eps: float, divide: bool = True) -> torch.Tensor:
+    """``[n | d]`` -> ``n / (d + eps)``, or ``n`` alone when ``divide`` is False (an output norm replaces the denominator)."""
+    if not divide:
+        return numerator_with_sum[..., :-1]
     return numerator_with_sum[..., :-1] / (numerator_with_sum[..., -1:] + eps)
 
 
@@ -72,9 +74,13 @@ def attend_state(
     summary: torch.Tensor,
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
+    divide: bool = True,
 ) -> torch.Tensor:
-    """``phi(q) S / (phi(q) z + eps)`` for q ``(B, h, T, D)`` and ``[S | z]``; returns ``(B, h, T, Dv)`` in q's dtype."""
-    return normalise(feature_map(q.to(summary.dtype)) @ summary, eps).to(q.dtype)
+    """``phi(q) S / (phi(q) z + eps)`` (or ``phi(q) S`` if not ``divide``) for q ``(B, h, T, D)`` and ``[S | z]``.
+
+    Returns ``(B, h, T, Dv)`` in q's dtype.
+    """
+    return normalise(feature_map(q.to(summary.dtype)) @ summary, eps, divide).to(q.dtype)
 
 
 def bidirectional_attention(
@@ -85,10 +91,12 @@ def bidirectional_attention(
     key_padding_mask: Optional[torch.Tensor] = None,
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
+    divide: bool = True,
 ) -> torch.Tensor:
     """Non-causal AdaMRA attention of one rate group.
 
     q ``(B, h, T, D)``, k ``(B, h, S, D)``, v ``(B, h, S, Dv)``,
     key_padding_mask ``(B, S)`` (True = pad) -> ``(B, h, T, Dv)``.
+    ``divide``: divide by the kernel normaliser (else return the numerator).
     """
-    return attend_state(q, kv_state(k, v, rate, key_padding_mask, feature_map), feature_map, eps)
+    return attend_state(q, kv_state(k, v, rate, key_padding_mask, feature_map), feature_map, eps, divide)

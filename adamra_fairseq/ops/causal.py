@@ -44,12 +44,14 @@ def causal_attention(
     chunk_size: int = 64,
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
+    divide: bool = True,
 ) -> torch.Tensor:
     """Causal AdaMRA attention of one rate group.
 
     Args:
         q, k: ``(B, h, T, D)``; v: ``(B, h, T, Dv)``, left-aligned rows.
         rate: block size r; chunk_size: C, a positive multiple of r.
+        divide: divide by the kernel normaliser (else return the numerator).
     Returns:
         ``(B, h, T, Dv)`` in q's dtype.
     """
@@ -91,5 +93,5 @@ def causal_attention(
     scores = scores * (key_block[None, :] < query_block[:, None]).to(acc)
     intra = scores @ v_block
 
-    out = normalise(read + (inter + intra).view_as(read), eps)
+    out = normalise(read + (inter + intra).view_as(read), eps, divide)
     return out[:, :, :seq_len].to(input_dtype)

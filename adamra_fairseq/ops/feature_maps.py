@@ -1,9 +1,14 @@
-"""Positive feature maps phi that replace softmax in kernel attention.
+"""Non-negative feature maps phi that replace softmax in kernel attention.
 
-A feature map takes ``(..., D)`` to ``(..., F)``; :func:`feature_width` gives F
-for a head width D (F = D for the elementwise maps, F = 2 * nu * D for DPFP).
+A feature map takes ``(..., N)`` to ``(..., F)``; :func:`feature_width` gives F
+for an input width N. The ops apply these parameter-free maps to (pooled)
+queries and keys. The *learned* maps (``hedgehog``, ``t2r``) are a per-head
+linear projection of q and k (a parameter of the attention module, applied
+before pooling: a linear map commutes with block means) followed by the
+nonlinearity registered here under the same name.
 """
 
+import math
 from functools import partial
 from typing import Callable, Dict
 
@@ -26,12 +31,42 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 def dpfp(x: torch.Tensor, nu: int = 1) -> torch.Tensor:
     """Deterministic parameter-free projection (Schlag, Irie and Schmidhuber, 2021).
 
-    With ``r = relu([x, -x])`` (width 2D), the features are the products of r
-    with itself rolled by 1 .. nu places: ``(..., D)`` -> ``(..., 2 * nu * D)``,
+    With ``r = relu([x, -x])`` (width 2N), the features are the products of r
+    with itself rolled by 1 .. nu places: ``(..., N)`` -> ``(..., 2 * nu * N)``,
     non-negative, and sparser (so sharper attention) than elu + 1.
     """
     r = F.relu(torch.cat([x, -x], dim=-1))
     return torch.cat([r * r.roll(shift, dims=-1) for shift in range(1, nu + 1)], dim=-1)
+
+
+def _upper_triangle(width: int, device) -> torch.Tensor:
+    """Flat indices ``i * N + j`` of the pairs ``i <= j`` of an N x N matrix."""
+    rows, cols = torch.triu_indices(width, width, device=device)
+    return rows * width + cols
+
+
+def taylor2(x: torch.Tensor) -> torch.Tensor:
+    """2nd-order Taylor features of exp (as in Based, Arora et al., 2024): ``phi(q).phi(k) = 1 + q.k + (q.k)^2 / 2``.
+
+    ``(..., N)`` -> ``(..., 1 + N + N (N + 1) / 2)``: a constant, x itself, and
+    the products ``x_i x_j`` for ``i <= j`` (``i == j`` divided by sqrt 2), so
+    the kernel is exactly the Taylor polynomial, which is positive for every
+    ``q.k`` (its minimum is 1/2).
+    """
+    width = x.size(-1)
+    pairs = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)[..., _upper_triangle(width, x.device)]
+    rows, cols = torch.triu_indices(width, width, device=x.device)
+    weight = torch.where(rows == cols, 1 / math.sqrt(2), 1.0).to(x.dtype)
+    return torch.cat([torch.ones_like(x[..., :1]), x, pairs * weight], dim=-1)
+
+
+def softmax_pair(x: torch.Tensor) -> torch.Tensor:
+    """``[softmax(u), softmax(-u)]`` over the feature axis (Hedgehog's map, Zhang et al., 2024): ``(..., N)`` -> ``(..., 2N)``.
+
+    Exponential, so spiky: ``phi(q).phi(k)`` is large only where q and k peak
+    on the same features. Each half sums to 1, so it cannot overflow.
+    """
+    return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
 
 
 FEATURE_MAPS: Dict[str, FeatureMap] = {
@@ -39,9 +74,18 @@ FEATURE_MAPS: Dict[str, FeatureMap] = {
     "relu": relu,
     "dpfp1": partial(dpfp, nu=1),
     "dpfp2": partial(dpfp, nu=2),
+    "taylor2": taylor2,
+    "hedgehog": softmax_pair,  # after a learned projection (identity at initialisation)
+    "t2r": relu,  # after a learned projection with bias (random at initialisation)
+}
+
+# Learned maps: name -> whether the projection has a bias, and how it starts.
+LEARNED_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
+    "hedgehog": {"bias": False, "init": "identity"},
+    "t2r": {"bias": True, "init": "random"},
 }
 
 
-def feature_width(name: str, head_dim: int) -> int:
-    """Width F of ``FEATURE_MAPS[name]`` applied to vectors of width ``head_dim`` (read off one application)."""
-    return FEATURE_MAPS[name](torch.zeros(1, head_dim)).size(-1)
+def feature_width(name: str, input_width: int) -> int:
+    """Width F of ``FEATURE_MAPS[name]`` applied to vectors of width ``input_width`` (read off one application)."""
+    return FEATURE_MAPS[name](torch.zeros(1, input_width)).size(-1)

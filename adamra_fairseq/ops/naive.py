@@ -17,9 +17,11 @@ def _slot_means(x: torch.Tensor, groups: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([x[positions].mean(dim=0) for positions in groups])
 
 
-def _kernel_read(phi_q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor, feature_map, eps):
-    """Weights ``phi(q) phi(slot_k)^T`` materialised, then the normalised read of ``slot_v``."""
+def _kernel_read(phi_q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor, feature_map, eps, divide):
+    """Weights ``phi(q) phi(slot_k)^T`` materialised, then the (normalised, if ``divide``) read of ``slot_v``."""
     weights = phi_q @ feature_map(slot_k).transpose(0, 1)
+    if not divide:
+        return weights @ slot_v
     return (weights @ slot_v) / (weights.sum(dim=-1, keepdim=True) + eps)
 
 
@@ -32,6 +34,7 @@ def naive_adamra_attention(
     causal: bool = False,
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
+    divide: bool = True,
 ) -> torch.Tensor:
     """Reference AdaMRA attention for all heads (no gate, no projections).
 
@@ -41,6 +44,7 @@ def naive_adamra_attention(
         key_padding_mask: ``(B, S)``, True = pad (pads never enter a mean).
         causal: query i attends like key position i (needs T == S); outputs at
             pad positions are 0.
+        divide: divide each read by the sum of its weights (+ eps); else the raw weighted sum.
     Returns:
         ``(B, H, T, Dv)``.
     """
@@ -60,12 +64,12 @@ def naive_adamra_attention(
             k_row, v_row, q_row = k[row, head], v[row, head], q[row, head]
             if not causal:
                 slot_k, slot_v = _slot_means(k_row, blocks), _slot_means(v_row, blocks)
-                out[row, head] = _kernel_read(feature_map(q_row), slot_k, slot_v, feature_map, eps)
+                out[row, head] = _kernel_read(feature_map(q_row), slot_k, slot_v, feature_map, eps, divide)
                 continue
             for index, position in enumerate(real.tolist()):
                 own = index // rate
                 slots = blocks[:own] + [real[own * rate : index + 1]]
                 slot_k, slot_v = _slot_means(k_row, slots), _slot_means(v_row, slots)
                 phi_q = feature_map(q_row[position : position + 1])
-                out[row, head, position] = _kernel_read(phi_q, slot_k, slot_v, feature_map, eps)[0]
+                out[row, head, position] = _kernel_read(phi_q, slot_k, slot_v, feature_map, eps, divide)[0]
     return out

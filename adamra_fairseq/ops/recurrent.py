@@ -41,8 +41,9 @@ def causal_step(
     head_rates: torch.Tensor,
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
+    divide: bool = True,
 ):
-    """Attends the newest position and advances the state.
+    """Attends the newest position and advances the state (``divide``: by the kernel normaliser).
 
     Args:
         q, k: ``(B, H, D)``; v: ``(B, H, Dv)``, the newest position.
@@ -69,4 +70,4 @@ def causal_step(
         "open_k": open_k.masked_fill(complete, 0.0),
         "open_v": open_v.masked_fill(complete, 0.0),
     }
-    return normalise(read, eps), new_state
+    return normalise(read, eps, divide), new_state

@@ -1,0 +1,94 @@
+"""What happens to queries and keys per head before the kernel feature map's nonlinearity.
+
+Two optional steps, both per position (so every attention path, parallel,
+chunked, recurrent or cached, sees the same transformed q and k):
+
+1. ``--adamra-qk-norm``:
+   * ``none``: q and k as projected;
+   * ``scale``: q multiplied by ``D^-1/2``, as softmax attention scales its logits;
+   * ``l2``: q and k divided by their l2 norm and multiplied by ``sqrt(tau_h)``,
+     a learned per-head temperature, so that ``q.k = tau_h cos(q, k)``;
+     ``tau_h`` starts at ``sqrt(D)``, which gives ``q.k`` the spread of
+     softmax attention's scaled logits at initialisation.
+2. the learned projection of the learned feature maps (``hedgehog``, ``t2r``):
+   ``x -> x W_h (+ b_h)`` with ``W_h`` of shape ``(D, N)`` per head, shared by q
+   and k. It is linear, so applying it before the keys are pooled equals
+   applying it to the block means.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.feature_maps import LEARNED_FEATURE_MAPS
+
+QK_NORMS = ("none", "scale", "l2")
+
+
+class QueryKeyTransform(nn.Module):
+    """Maps per-head queries/keys ``(B, H, T, D)`` to the feature map's input ``(B, H, T, N)``.
+
+    Args:
+        num_heads: H; head_dim: D.
+        qk_norm: one of :data:`QK_NORMS`.
+        feature_map: name of the feature map; learned maps get a projection.
+        feature_dim: N for learned maps (0: N = D); must be 0 for the others.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, qk_norm: str = "none", feature_map: str = "elu",
+                 feature_dim: int = 0):
+        super().__init__()
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"unknown qk_norm {qk_norm!r}: choose one of {', '.join(QK_NORMS)}")
+        self.qk_norm = qk_norm
+        self.head_dim = head_dim
+        self.log_temperature: Optional[nn.Parameter] = None
+        if qk_norm == "l2":
+            self.log_temperature = nn.Parameter(torch.full((num_heads,), 0.5 * math.log(head_dim)))
+        learned = LEARNED_FEATURE_MAPS.get(feature_map)
+        if feature_dim and learned is None:
+            raise ValueError(f"feature_dim applies only to the learned feature maps ({', '.join(LEARNED_FEATURE_MAPS)})")
+        self.output_dim = (feature_dim or head_dim) if learned else head_dim
+        self.weight: Optional[nn.Parameter] = None
+        self.bias: Optional[nn.Parameter] = None
+        if learned is not None:
+            self.weight = nn.Parameter(torch.empty(num_heads, head_dim, self.output_dim))
+            if learned["bias"]:
+                self.bias = nn.Parameter(torch.zeros(num_heads, self.output_dim))
+            self._init_projection(str(learned["init"]))
+
+    def _init_projection(self, init: str) -> None:
+        with torch.no_grad():
+            if init == "identity" and self.output_dim == self.head_dim:
+                self.weight.copy_(torch.eye(self.head_dim).expand_as(self.weight))
+            else:  # x W keeps the scale of x
+                self.weight.normal_(std=self.head_dim ** -0.5)
+
+    def queries(self, q: Tensor) -> Tensor:
+        """``(B, H, T, D)`` -> ``(B, H, T, N)``."""
+        if self.qk_norm == "scale":
+            q = q * self.head_dim ** -0.5
+        return self._project(self._l2(q))
+
+    def keys(self, k: Tensor) -> Tensor:
+        """``(B, H, T, D)`` -> ``(B, H, T, N)``."""
+        return self._project(self._l2(k))
+
+    def temperature(self) -> Optional[Tensor]:
+        """``(H,)`` tau_h of the ``l2`` norm, else None."""
+        return None if self.log_temperature is None else self.log_temperature.exp()
+
+    def _l2(self, x: Tensor) -> Tensor:
+        if self.log_temperature is None:
+            return x
+        scale = (0.5 * self.log_temperature).exp().to(x.dtype)[None, :, None, None]
+        return nn.functional.normalize(x, dim=-1, eps=1e-6) * scale
+
+    def _project(self, x: Tensor) -> Tensor:
+        if self.weight is None:
+            return x
+        out = torch.einsum("bhtd,hdn->bhtn", x, self.weight.to(x.dtype))
+        return out if self.bias is None else out + self.bias.to(x.dtype)[None, :, None, :]
+
