@@ -6,7 +6,9 @@ Each DIR is a ``--out`` folder of compare.py. For every model and seed found
 under it (``DIR/<model>/seed<N>/``), the table gives the validation loss at
 update ``--at`` (a point every run reached, so runs stopped early still
 compare) and at the last validation, the test-set BLEU/chrF of the finished
-generations, and the training process's peak resident memory. Runs that did
+generations, the mean training words/s of the logged intervals (comparable
+only between runs that had the machine to themselves) and the training
+process's peak resident memory. Runs that did
 not finish show ``-`` where a number is missing. Rows are ``LABEL/model``;
 the same transformer run copied into several folders appears once.
 """
@@ -37,7 +39,8 @@ def read_run(seed_dir):
     if os.path.isfile(measure):
         with open(measure) as handle:
             peak = json.load(handle)["peak_mb"]
-    return {"valid_loss": dict(log["valid_loss"]), "updates": log["updates"], "tests": tests, "peak_mb": peak}
+    return {"valid_loss": dict(log["valid_loss"]), "updates": log["updates"], "tests": tests, "peak_mb": peak,
+            "train_wps": log["train_wps"]}
 
 
 def fmt_values(values, digits):
@@ -77,7 +80,7 @@ def main():
         sys.exit("error: no training runs found under the given folders (expected DIR/<model>/seed<N>/train.log)")
 
     header = (["run", "seeds", f"valid loss @{args.at}", "last valid loss (update)"]
-              + [f"{name} BLEU / chrF" for name in test_sets] + ["train peak MB"])
+              + [f"{name} BLEU / chrF" for name in test_sets] + ["train words/s", "train peak MB"])
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for row in rows:
         runs = list(row["runs"].values())
@@ -91,6 +94,7 @@ def main():
             complete = all(scores)
             cells.append(f"{fmt_values([s['bleu'] for s in scores], 2)} / {fmt_values([s['chrf'] for s in scores], 2)}"
                          if complete else "-")
+        cells.append(fmt_values([run.get("train_wps") for run in runs], 0))
         cells.append(fmt_values([run["peak_mb"] for run in runs], 0))
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))

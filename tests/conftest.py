@@ -97,3 +97,10 @@ def train_tiny(data_bin, save_dir, arch, extra=()):
 def tiny_adamra_checkpoint(tiny_data_bin, tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("ckpt-adamra")
     return train_tiny(tiny_data_bin, save_dir, "adamra_transformer_tiny", ["--adamra-rates", "1,2"])
+
+
+@pytest.fixture(scope="session")
+def tiny_vanilla_checkpoint(tiny_data_bin, tmp_path_factory):
+    """A vanilla transformer with the toy sizes (the parent of checkpoint conversion)."""
+    save_dir = tmp_path_factory.mktemp("ckpt-vanilla")
+    return train_tiny(tiny_data_bin, save_dir, "transformer_adamra_tiny_baseline")

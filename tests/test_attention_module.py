@@ -24,13 +24,14 @@ def randomise_learned_parameters(module):
             module.gate.proj.weight.normal_(std=0.5)
             module.gate.proj.bias.normal_()
         for name, parameter in module.named_parameters():
-            if name.startswith(("query_key.", "head_norm.")):
+            if name.startswith(("query_key.", "head_norm.", "decay_logit")):
                 parameter.add_(torch.randn_like(parameter) * 0.3)
 
 
-def make_module(seed=0, **kwargs):
+def make_module(seed=0, causal_decay=False, **kwargs):
     torch.manual_seed(seed)
-    module = MultiResolutionAttention(EMBED, HEADS, options(**kwargs), self_attention=True).double()
+    module = MultiResolutionAttention(EMBED, HEADS, options(**kwargs), self_attention=True,
+                                      causal_decay=causal_decay).double()
     randomise_learned_parameters(module)
     return module.eval()
 
@@ -65,7 +66,9 @@ def reference_forward(module, query, key, mask=None, causal=False):
     q, k = transformed_query_key(module, q, k)
     rates = module.options.head_rates(HEADS)
     divide = module.options.normaliser in ("denominator", "both")
-    out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map, divide=divide)
+    decay = module.block_decay() if causal and module.decay_logit is not None else None
+    out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map, divide=divide,
+                                 block_decay=None if decay is None else decay.tolist())
     if module.options.normaliser in ("norm", "both"):
         gain = module.head_norm.gain[None, :, None, :]
         out = out / torch.sqrt(out.square().mean(dim=-1, keepdim=True) + 1e-6) * gain
@@ -205,6 +208,19 @@ def test_cross_attention_quality_options_cached_equals_parallel_and_reference(se
     steps = [module(queries[t : t + 1], source if t == 0 else None, source if t == 0 else None,
                     key_padding_mask=mask, incremental_state=state, static_kv=True)[0] for t in range(4)]
     assert torch.allclose(torch.cat(steps), full, atol=1e-10)
+
+
+def test_learned_decay_matches_reference_and_incremental_equals_parallel():
+    module = make_module(rates=(1, 2, 4, 8), chunk=8, causal_decay=True, feature_map="hedgehog")
+    rates = torch.tensor(module.options.head_rates(HEADS), dtype=torch.float64)
+    gamma = torch.sigmoid(module.decay_logit)
+    assert torch.allclose(module.block_decay(), gamma ** rates)
+    x = torch.randn(19, 2, EMBED, dtype=torch.float64)
+    parallel, _ = module(x, x, x, attn_mask=future_mask(19))
+    assert torch.allclose(parallel, reference_forward(module, x, x, causal=True), atol=1e-10)
+    state = {}
+    steps = [module(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state)[0] for t in range(19)]
+    assert torch.allclose(torch.cat(steps), parallel, atol=1e-10)
 
 
 def test_cross_attention_overrides_apply_to_cross_attention_only():

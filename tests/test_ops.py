@@ -198,3 +198,25 @@ def test_low_precision_inputs_accumulate_in_fp32():
     assert out.dtype == torch.bfloat16
     reference = causal_attention(*(x.double() for x in (q, k, v)), 4, chunk_size=16)
     assert torch.allclose(out.double(), reference, atol=3e-2)
+
+
+@pytest.mark.parametrize("rate,chunk_factor", [(1, 4), (3, 2), (2, 1)])
+def test_decay_in_every_causal_path_matches_naive(rate, chunk_factor):
+    """Complete block j weighs g^(b - j) from block b: chunked (several chunks) and recurrent == naive."""
+    q, k, v = random_qkv(heads=2, length=23, seed=14)
+    decay = torch.tensor([0.7, 0.95], dtype=torch.float64)
+    expected = naive_adamra_attention(q, k, v, [rate, rate], causal=True, block_decay=decay.tolist())
+    actual = causal_attention(q, k, v, rate, rate * chunk_factor, block_decay=decay)
+    assert torch.allclose(actual, expected, atol=TOL)
+    batch, heads, length, dim = q.shape
+    state = initial_state(batch, heads, dim, dim, q.dtype, q.device)
+    steps = []
+    for t in range(length):
+        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor([rate, rate]),
+                                 block_decay=decay)
+        steps.append(out)
+    assert torch.allclose(torch.stack(steps, dim=2), expected, atol=TOL)
+    # decay 1 is no decay; a smaller decay changes the output
+    assert torch.allclose(causal_attention(q, k, v, rate, rate * chunk_factor, block_decay=torch.ones(2)),
+                          causal_attention(q, k, v, rate, rate * chunk_factor), atol=TOL)
+    assert not torch.allclose(actual, causal_attention(q, k, v, rate, rate * chunk_factor), atol=1e-3)

@@ -56,6 +56,14 @@ def is_future_mask(mask: Tensor, length: int) -> bool:
     return bool(torch.equal(blocked, above)) and bool((mask[~above] == 0).all())
 
 
+def initial_decay_logits(num_heads: int) -> Tensor:
+    """Logits of the starting per-token decays ``1 - 2^-(1 + 6h/(H-1))``: from 0.5 (a head that sees mostly
+    the last token or two) to 0.992 (a half-life of about 90 tokens), spread over the heads."""
+    exponents = 1 + 6 * torch.arange(num_heads, dtype=torch.float32) / max(num_heads - 1, 1)
+    per_token = 1 - 2.0 ** -exponents
+    return torch.log(per_token / (1 - per_token))
+
+
 @with_incremental_state
 class MultiResolutionAttention(nn.Module):
     """Multi-resolution, query-adaptive kernel attention.
@@ -66,6 +74,8 @@ class MultiResolutionAttention(nn.Module):
             cross-attention, pass ``options.for_cross_attention()``.
         kdim, vdim: widths of key/value inputs (cross-attention), default C.
         self_attention / encoder_decoder_attention: as in fairseq.
+        causal_decay: decoder self-attention only: a learned decay per head weighs
+            a complete block j seen from block b by ``gamma_h^(rate (b - j))``.
     Inputs are time-major: query ``(T, B, C)``, key/value ``(S, B, C)``.
     """
 
@@ -78,6 +88,7 @@ class MultiResolutionAttention(nn.Module):
         vdim: Optional[int] = None,
         self_attention: bool = False,
         encoder_decoder_attention: bool = False,
+        causal_decay: bool = False,
     ):
         super().__init__()
         if embed_dim % num_heads:
@@ -102,6 +113,9 @@ class MultiResolutionAttention(nn.Module):
         self.eps = options.eps
         self.divide = options.divides_by_normaliser
         self.head_norm = HeadNorm(num_heads, self.head_dim) if options.normalises_output else None
+        self.decay_logit: Optional[nn.Parameter] = None
+        if causal_decay:
+            self.decay_logit = nn.Parameter(initial_decay_logits(num_heads))
         self.register_buffer(
             "head_rates", torch.tensor(options.head_rates(num_heads), dtype=torch.long), persistent=False
         )
@@ -177,12 +191,20 @@ class MultiResolutionAttention(nn.Module):
         order = left_align_order(key_padding_mask) if has_padding(key_padding_mask) else None
         if order is not None:
             q, k, v = gather_time(q, order), gather_time(k, order), gather_time(v, order)
+        decay = self.block_decay()
+        decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
         outputs = [
-            causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps, self.divide)
-            for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)
+            causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps, self.divide, decay)
+            for qg, kg, vg, rate, decay in zip(self._groups(q), self._groups(k), self._groups(v), self.rates, decays)
         ]
         out = torch.cat(outputs, dim=1)
         return scatter_time(out, order) if order is not None else out
+
+    def block_decay(self) -> Optional[Tensor]:
+        """``(H,)`` decay per complete block of each head: ``gamma_h ^ rate_h`` (None without decay)."""
+        if self.decay_logit is None:
+            return None
+        return torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates)
 
     def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
         return attend_state(q, self._summaries(k, v, key_padding_mask), self.feature_map, self.eps, self.divide)
@@ -232,7 +254,7 @@ class MultiResolutionAttention(nn.Module):
         for position in range(q.size(2)):  # generation passes one position at a time
             out, state = causal_step(
                 q[:, :, position], k[:, :, position], v[:, :, position], state,
-                self.head_rates, self.feature_map, self.eps, self.divide,
+                self.head_rates, self.feature_map, self.eps, self.divide, self.block_decay(),
             )
             outputs.append(out.to(q.dtype).unsqueeze(2))
         self._set_input_buffer(incremental_state, state)

@@ -14,19 +14,31 @@ from ..ops.feature_maps import FEATURE_MAPS, LEARNED_FEATURE_MAPS
 from .query_key_transform import QK_NORMS
 
 ROUTINGS = ("soft", "top1")
+DECAYS = ("none", "learned")
 NORMALISERS = ("denominator", "norm", "both")
 BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
 ATTENTION_PLACES = ("encoder", "decoder", "cross")
 # Options that self- and cross-attention may set differently (--adamra-X and --adamra-cross-X).
 PER_PLACE = ("rates", "feature_map", "feature_dim", "qk_norm", "normaliser")
+# Defaults of the settings that shape the kernel attention, by --adamra-preset. "original" is the
+# method as first defined (elu + 1 everywhere, the kernel denominator); "tuned" is what translated best
+# in docs/results.md. Checkpoints remember their preset; ones written before presets existed are "original".
+PRESETS = {
+    "original": {
+        "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
+        "adamra_normaliser": "denominator", "adamra_decay": "none",
+    },
+    "tuned": {
+        "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
+        "adamra_normaliser": "denominator", "adamra_decay": "none",
+    },
+}
+DEFAULT_PRESET = "tuned"
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
     "adamra_routing": "soft",
     "adamra_balance_loss": 0.0,
-    "adamra_feature_map": "elu",
-    "adamra_feature_dim": 0,
-    "adamra_qk_norm": "none",
-    "adamra_normaliser": "denominator",
+    **PRESETS[DEFAULT_PRESET],
     "adamra_attention": "encoder,decoder,cross",
     "adamra_chunk_size": 64,
     "adamra_eps": 1e-6,
@@ -44,6 +56,10 @@ def _flag(name: str) -> str:
 def add_adamra_args(parser) -> None:
     """Adds the ``--adamra-*`` flags to an argparse parser (defaults come from the architecture)."""
     group = parser.add_argument_group("AdaMRA attention")
+    group.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                       help="defaults of the kernel settings below: original = the first definition (elu + 1, the "
+                            f"denominator, the same everywhere), tuned = the best in our MT runs "
+                            f"(default {DEFAULT_PRESET}); flags given explicitly override the preset")
     per_place_help = {
         "rates": ("R1,R2,...", str, "compression rates, one per group of heads, in head order; their number must "
                                     "divide the number of heads"),
@@ -63,7 +79,7 @@ def add_adamra_args(parser) -> None:
     for name in PER_PLACE:
         metavar, kind, text = per_place_help[name]
         group.add_argument(_flag("adamra_" + name), type=kind, metavar=metavar,
-                           help=f"{text} (default {DEFAULTS['adamra_' + name]})")
+                           help=f"{text} (default {_describe_default('adamra_' + name)})")
         group.add_argument(_flag("adamra_cross_" + name), type=kind, metavar=metavar,
                            help=f"the same for encoder-decoder attention only (default: as {_flag('adamra_' + name)})")
     group.add_argument("--adamra-routing", type=str, metavar="|".join(ROUTINGS),
@@ -72,6 +88,10 @@ def add_adamra_args(parser) -> None:
     group.add_argument("--adamra-balance-loss", type=float, metavar="W",
                        help="weight of the load-balancing loss for --adamra-routing top1 (needs "
                             "--criterion adamra_label_smoothed_cross_entropy; default 0)")
+    group.add_argument("--adamra-decay", type=str, metavar="|".join(DECAYS),
+                       help="decoder self-attention: none, or learned = a learned decay per head, so that a "
+                            "complete block weighs gamma^(tokens between) (default "
+                            f"{_describe_default('adamra_decay')})")
     group.add_argument("--adamra-attention", type=str, metavar="PLACES",
                        help="comma subset of encoder,decoder,cross: where AdaMRA replaces softmax "
                             f"attention (default {DEFAULTS['adamra_attention']})")
@@ -82,13 +102,38 @@ def add_adamra_args(parser) -> None:
                        help=f"added to the kernel normaliser (default {DEFAULTS['adamra_eps']})")
 
 
+def _describe_default(name: str) -> str:
+    values = {preset: values.get(name) for preset, values in PRESETS.items() if name in values}
+    if not values:
+        return str(DEFAULTS[name])
+    if len(set(map(str, values.values()))) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{value if value is not None else 'as self-attention'} with preset {preset}"
+                     for preset, value in values.items())
+
+
+def preset_of(args) -> str:
+    """The ``--adamra-preset`` of ``args``; AdaMRA options without a preset come from a checkpoint
+    written before presets existed, whose defaults were the ``original`` ones."""
+    preset = getattr(args, "adamra_preset", None)
+    if preset is not None:
+        return str(preset)
+    has_options = any(getattr(args, name, None) is not None for name in DEFAULTS)
+    return "original" if has_options else DEFAULT_PRESET
+
+
 def fill_adamra_defaults(args) -> None:
     """Sets every unset ``adamra_*`` attribute to its default (architecture functions call this).
 
-    The ``adamra_cross_*`` overrides stay None when unset: cross-attention then
-    follows the self-attention values.
+    Defaults come from the preset (:func:`preset_of`). The ``adamra_cross_*``
+    overrides stay None when neither the command line nor the preset sets
+    them: cross-attention then follows the self-attention values.
     """
-    for name, value in DEFAULTS.items():
+    preset = preset_of(args)
+    if preset not in PRESETS:
+        raise AdaMRAOptionError(f"--adamra-preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}")
+    args.adamra_preset = preset
+    for name, value in {**DEFAULTS, **PRESETS[preset]}.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     for name in PER_PLACE:
@@ -115,6 +160,7 @@ class AdaMRAOptions:
     feature_dim: int = 0
     qk_norm: str = "none"
     normaliser: str = "denominator"
+    decay: str = "none"
     cross: Mapping[str, object] = field(default_factory=dict)
 
     def head_rates(self, num_heads: int) -> Tuple[int, ...]:
@@ -209,6 +255,7 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     own = _per_place_values(args, "adamra_", {})
     cross = _per_place_values(args, "adamra_cross_", own)
     routing = _choice(ROUTINGS)(args.adamra_routing, "--adamra-routing")
+    decay = _choice(DECAYS)(args.adamra_decay, "--adamra-decay")
     balance = float(args.adamra_balance_loss)
     if not math.isfinite(balance) or balance < 0:
         raise AdaMRAOptionError(f"--adamra-balance-loss {balance} is invalid: use a finite weight >= 0")
@@ -242,7 +289,7 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     cross_overrides = {name: value for name, value in cross.items() if value != own[name]}
     return AdaMRAOptions(rates=rates, routing=routing, balance_loss=balance, feature_map=own["feature_map"],
                          places=places, chunk_size=chunk, eps=eps, feature_dim=own["feature_dim"],
-                         qk_norm=own["qk_norm"], normaliser=own["normaliser"], cross=cross_overrides)
+                         qk_norm=own["qk_norm"], normaliser=own["normaliser"], decay=decay, cross=cross_overrides)
 
 
 def check_balance_criterion(args) -> None:

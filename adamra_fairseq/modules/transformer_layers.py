@@ -31,6 +31,7 @@ class AdaMRADecoderLayer(TransformerDecoderLayerBase):
                              "add_zero_attn or --cross-self-attention")
         return MultiResolutionAttention(
             embed_dim, cfg.decoder.attention_heads, options, self_attention=True,
+            causal_decay=options.decay == "learned",
         )
 
     def build_encoder_attention(self, embed_dim, cfg):

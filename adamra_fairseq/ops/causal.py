@@ -18,7 +18,16 @@ chunk through a small masked dense product. No n x D x Dv tensor is built.
 
 Rows must be left-aligned: pads, if any, after the real tokens (a causal
 query never sees later positions, so trailing pads need no masking).
+
+Optional decay (``block_decay`` g per head, 0 < g <= 1): a complete block j
+seen from a query in block b weighs ``g^(b - j)``; the own-block slot weighs
+1. Chunks then carry their state with the factor ``g^(blocks per chunk)``
+per chunk, through a lower-triangular matrix of powers of g (no division by
+powers of g, so nothing overflows).
 """
+
+from typing import Optional
+
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +54,7 @@ def causal_attention(
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
     divide: bool = True,
+    block_decay: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Causal AdaMRA attention of one rate group.
 
@@ -52,6 +62,7 @@ def causal_attention(
         q, k: ``(B, h, T, D)``; v: ``(B, h, T, Dv)``, left-aligned rows.
         rate: block size r; chunk_size: C, a positive multiple of r.
         divide: divide by the kernel normaliser (else return the numerator).
+        block_decay: ``(h,)`` decay g per complete block of distance, or None (no decay).
     Returns:
         ``(B, h, T, Dv)`` in q's dtype.
     """
@@ -81,17 +92,33 @@ def causal_attention(
     v_block = v_running[:, :, rate - 1 :: rate].reshape(*shape, v_running.size(-1))
     phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, phi_q.size(-1))
 
-    # Earlier chunks: exclusive prefix sum of per-chunk summaries [S | z].
-    chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, F, Dv + 1)
-    carried = F.pad(chunk_summary.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
-    inter = phi_q_chunks @ carried
+    query_block = torch.arange(chunk_size, device=q.device) // rate  # block of each position, within its chunk
+    key_block = torch.arange(blocks_per_chunk, device=q.device)
+    earlier = (key_block[None, :] < query_block[:, None]).to(acc)  # (C, C/r)
+    if block_decay is None:
+        # Earlier chunks: exclusive prefix sum of per-chunk summaries [S | z].
+        chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, F, Dv + 1)
+        carried = F.pad(chunk_summary.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
+        inter = phi_q_chunks @ carried
+        intra_weights = earlier
+    else:
+        decay = block_decay.to(acc)[:, None, None]  # (h, 1, 1)
+        # A chunk's summary as seen from the next chunk's first block: block i weighs g^(P - i).
+        to_chunk_end = (blocks_per_chunk - key_block).to(acc)
+        chunk_summary = (phi_k_block * (decay[..., 0] ** to_chunk_end)[None, :, None, :, None]).transpose(3, 4) @ v_block
+        # Chunk c carries chunk c' < c with weight g^(P (c - 1 - c')).
+        chunk = torch.arange(num_chunks, device=q.device)
+        gap = (chunk[:, None] - 1 - chunk[None, :]).to(acc)
+        carry = torch.where(gap >= 0, decay ** (blocks_per_chunk * gap.clamp(min=0)), torch.zeros_like(gap))
+        carried = torch.einsum("hcd,bhdfv->bhcfv", carry, chunk_summary)
+        inter = (phi_q_chunks @ carried) * (decay[..., 0] ** query_block.to(acc))[None, :, None, :, None]
+        distance = (query_block[:, None] - key_block[None, :]).to(acc).clamp(min=0)
+        intra_weights = earlier * decay ** distance  # (h, C, C/r)
+        intra_weights = intra_weights[None, :, None]
 
     # Same chunk: blocks strictly before the query's own block.
     scores = phi_q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, C/r)
-    query_block = torch.arange(chunk_size, device=q.device) // rate
-    key_block = torch.arange(blocks_per_chunk, device=q.device)
-    scores = scores * (key_block[None, :] < query_block[:, None]).to(acc)
-    intra = scores @ v_block
+    intra = (scores * intra_weights) @ v_block
 
     out = normalise(read + (inter + intra).view_as(read), eps, divide)
     return out[:, :, :seq_len].to(input_dtype)

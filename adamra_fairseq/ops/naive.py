@@ -17,9 +17,13 @@ def _slot_means(x: torch.Tensor, groups: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([x[positions].mean(dim=0) for positions in groups])
 
 
-def _kernel_read(phi_q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor, feature_map, eps, divide):
-    """Weights ``phi(q) phi(slot_k)^T`` materialised, then the (normalised, if ``divide``) read of ``slot_v``."""
+def _kernel_read(phi_q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor, feature_map, eps, divide,
+                 slot_scale=None):
+    """Weights ``phi(q) phi(slot_k)^T`` (times ``slot_scale`` per slot) materialised, then the
+    (normalised, if ``divide``) read of ``slot_v``."""
     weights = phi_q @ feature_map(slot_k).transpose(0, 1)
+    if slot_scale is not None:
+        weights = weights * slot_scale
     if not divide:
         return weights @ slot_v
     return (weights @ slot_v) / (weights.sum(dim=-1, keepdim=True) + eps)
@@ -35,6 +39,7 @@ def naive_adamra_attention(
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
     divide: bool = True,
+    block_decay: Optional[Sequence[float]] = None,
 ) -> torch.Tensor:
     """Reference AdaMRA attention for all heads (no gate, no projections).
 
@@ -45,6 +50,8 @@ def naive_adamra_attention(
         causal: query i attends like key position i (needs T == S); outputs at
             pad positions are 0.
         divide: divide each read by the sum of its weights (+ eps); else the raw weighted sum.
+        block_decay: causal only: per head g, a complete block j weighs ``g^(b - j)`` from the
+            query's block b (its own block weighs 1).
     Returns:
         ``(B, H, T, Dv)``.
     """
@@ -71,5 +78,9 @@ def naive_adamra_attention(
                 slots = blocks[:own] + [real[own * rate : index + 1]]
                 slot_k, slot_v = _slot_means(k_row, slots), _slot_means(v_row, slots)
                 phi_q = feature_map(q_row[position : position + 1])
-                out[row, head, position] = _kernel_read(phi_q, slot_k, slot_v, feature_map, eps, divide)[0]
+                scale = None
+                if block_decay is not None:
+                    scale = torch.tensor([float(block_decay[head]) ** (own - j) for j in range(own + 1)],
+                                         dtype=q.dtype)
+                out[row, head, position] = _kernel_read(phi_q, slot_k, slot_v, feature_map, eps, divide, scale)[0]
     return out

@@ -42,8 +42,12 @@ def causal_step(
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
     divide: bool = True,
+    block_decay: Optional[torch.Tensor] = None,
 ):
     """Attends the newest position and advances the state (``divide``: by the kernel normaliser).
+
+    With ``block_decay`` g ``(H,)``, the complete blocks are multiplied by g
+    each time a block is folded in, so a block j weighs ``g^(b - j)`` from block b.
 
     Args:
         q, k: ``(B, H, D)``; v: ``(B, H, Dv)``, the newest position.
@@ -65,8 +69,11 @@ def causal_step(
     read = (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_weight * own_v
     complete = count == head_rates.to(acc)[None, :, None]  # (B, H, 1): the open block is full
     fold = (phi_own * complete).unsqueeze(-1) * own_v.unsqueeze(-2)  # zero where the block stays open
+    summary = state["summary"] + fold
+    if block_decay is not None:
+        summary = summary * torch.where(complete, block_decay.to(acc)[None, :, None], 1.0).unsqueeze(-1)
     new_state = {
-        "summary": state["summary"] + fold,
+        "summary": summary,
         "open_k": open_k.masked_fill(complete, 0.0),
         "open_v": open_v.masked_fill(complete, 0.0),
     }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# usage: scripts/quality_screen.sh [VARIANT ...]
+#
+# The screening stage of docs/results.md ("Closing the gap"): AdaMRA variants
+# against the same vanilla transformer at a cheap size and budget (tiny
+# sizes with the small model's head layout, 4 heads of 32; 1000 updates;
+# seed 1), one training at a time. Each variant is one scripts/compare.py
+# folder under $SCREEN_DIR (default results/screen) that reuses the
+# transformer of the "default" folder; finished runs are reused, so the
+# script can be stopped and re-run. Without arguments it runs every variant
+# in the order below; then it prints the table of all finished variants.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$REPO_ROOT"
+SCREEN_DIR="${SCREEN_DIR:-results/screen}"
+DATA_BIN="${DATA_BIN:-data/debian-de-en/data-bin}"
+COMMON=(--data-bin "$DATA_BIN" --seeds 1 --max-update 1000 --heads 4 --size tiny --threads 2)
+
+HH="--adamra-feature-map hedgehog --adamra-cross-rates 1"
+declare -A VARIANTS=(
+    # each option alone
+    [default]=""
+    [hedgehog]="--adamra-feature-map hedgehog"
+    [l2]="--adamra-qk-norm l2"
+    [norm]="--adamra-normaliser norm"
+    [cross-rate1]="--adamra-cross-rates 1"
+    [decay]="--adamra-decay learned"
+    [scale]="--adamra-qk-norm scale"
+    [t2r]="--adamra-feature-map t2r"
+    [taylor2]="--adamra-feature-map taylor2"
+    # combinations around the best single option
+    [hh-cross1]="$HH"
+    [hh-cross1-decay]="$HH --adamra-decay learned"
+    [hh-cross1-decay-l2]="$HH --adamra-decay learned --adamra-qk-norm l2"
+    [hh-cross1-decay-wide]="$HH --adamra-decay learned --adamra-cross-feature-dim 64"
+)
+ORDER=(default hedgehog l2 norm cross-rate1 hh-cross1 hh-cross1-decay hh-cross1-decay-l2 hh-cross1-decay-wide
+       decay scale t2r taylor2)
+
+run_variant() {  # $1 = name
+    local name="$1" flags
+    [ -n "${VARIANTS[$name]+set}" ] || die "unknown variant $name: choose from ${ORDER[*]}"
+    read -r -a flags <<< "${VARIANTS[$name]}"
+    if [ "$name" = default ]; then
+        python scripts/compare.py "${COMMON[@]}" --out "$SCREEN_DIR/default"
+    else
+        python scripts/compare.py "${COMMON[@]}" "${flags[@]}" --transformer-from "$SCREEN_DIR/default" \
+            --out "$SCREEN_DIR/$name"
+    fi
+}
+
+for name in "${@:-${ORDER[@]}}"; do run_variant "$name"; done
+labels=()
+for name in "${ORDER[@]}"; do [ -d "$SCREEN_DIR/$name" ] && labels+=("$name=$SCREEN_DIR/$name"); done
+python scripts/ablation_table.py "${labels[@]}" --at 600 --json "$SCREEN_DIR/screen.json" --plot "$SCREEN_DIR/screen.png"
