@@ -13,7 +13,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
 SCREEN_DIR="${SCREEN_DIR:-results/screen}"
 DATA_BIN="${DATA_BIN:-data/debian-de-en/data-bin}"
-COMMON=(--data-bin "$DATA_BIN" --seeds 1 --max-update 1000 --heads 4 --size tiny --threads 2)
+THREADS="${THREADS:-2}"  # 1 when two screens share the 2 cores (their speeds are then not comparable)
+COMMON=(--data-bin "$DATA_BIN" --seeds 1 --max-update 1000 --heads 4 --size tiny --threads "$THREADS")
 
 HH="--adamra-feature-map hedgehog --adamra-cross-rates 1"
 declare -A VARIANTS=(
@@ -32,8 +33,9 @@ declare -A VARIANTS=(
     [hh-cross1-decay]="$HH --adamra-decay learned"
     [hh-cross1-decay-l2]="$HH --adamra-decay learned --adamra-qk-norm l2"
     [hh-cross1-decay-wide]="$HH --adamra-decay learned --adamra-cross-feature-dim 64"
+    [hh-cross1-xtaylor2]="$HH --adamra-cross-feature-map taylor2"
 )
-ORDER=(default hedgehog l2 norm cross-rate1 hh-cross1 hh-cross1-decay hh-cross1-decay-l2 hh-cross1-decay-wide
+ORDER=(default hedgehog l2 norm cross-rate1 hh-cross1 hh-cross1-decay hh-cross1-decay-l2 hh-cross1-decay-wide hh-cross1-xtaylor2
        decay scale t2r taylor2)
 
 run_variant() {  # $1 = name

@@ -78,6 +78,44 @@ def test_cross_flags_override_only_cross_attention():
                                    adamra_attention="encoder,cross"))
 
 
+def test_tuned_preset_is_the_default_and_explicit_flags_override_it():
+    from adamra_fairseq.modules.options import PRESETS
+    tuned = PRESETS["tuned"]
+    options = parse_adamra_options(namespace())
+    cross = options.for_cross_attention()
+    assert (options.feature_map, options.qk_norm, options.normaliser, options.decay) == (
+        tuned["adamra_feature_map"], tuned["adamra_qk_norm"], tuned["adamra_normaliser"], tuned["adamra_decay"])
+    assert cross.rates == tuple(int(rate) for rate in tuned["adamra_cross_rates"].split(","))
+    options = parse_adamra_options(namespace(adamra_feature_map="relu", adamra_cross_rates="1,2"))
+    assert (options.feature_map, options.for_cross_attention().rates) == ("relu", (1, 2))
+
+
+def test_original_preset_is_the_first_definition():
+    options = parse_adamra_options(namespace(adamra_preset="original"))
+    cross = options.for_cross_attention()
+    assert (options.feature_map, options.feature_dim, options.qk_norm, options.normaliser, options.decay) == (
+        "elu", 0, "none", "denominator", "none")
+    assert cross.rates == options.rates == (1, 2, 4, 8)
+    assert cross.feature_map == "elu"
+
+
+def test_options_saved_before_presets_existed_keep_the_original_defaults():
+    """A checkpoint written before --adamra-preset has adamra_* values but no preset: it must rebuild the
+    model it was trained as (elu, the same rates for cross-attention), not the tuned one."""
+    saved = namespace(adamra_rates="1,2,4,8", adamra_routing="soft", adamra_balance_loss=0.0,
+                      adamra_feature_map="elu", adamra_attention="encoder,decoder,cross", adamra_chunk_size=64,
+                      adamra_eps=1e-6)
+    options = parse_adamra_options(saved)
+    assert saved.adamra_preset == "original"
+    assert options.for_cross_attention().rates == (1, 2, 4, 8)
+    assert (options.qk_norm, options.normaliser, options.decay) == ("none", "denominator", "none")
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned"):
+        parse_adamra_options(namespace(adamra_preset="best"))
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--adamra-rates", "1,0"], "error: --adamra-rates: rate 0 is below 1"),
     (["--adamra-routing", "best"], "error: --adamra-routing 'best' is unknown"),

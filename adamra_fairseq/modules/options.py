@@ -23,16 +23,18 @@ PER_PLACE = ("rates", "feature_map", "feature_dim", "qk_norm", "normaliser")
 # Defaults of the settings that shape the kernel attention, by --adamra-preset. "original" is the
 # method as first defined (elu + 1 everywhere, the kernel denominator); "tuned" is what translated best
 # in docs/results.md. Checkpoints remember their preset; ones written before presets existed are "original".
+# A released preset keeps its meaning (checkpoints leave unset cross values to it): add a new one instead.
 PRESETS = {
     "original": {
         "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
-        "adamra_normaliser": "denominator", "adamra_decay": "none",
+        "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": None,
     },
     "tuned": {
-        "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
-        "adamra_normaliser": "denominator", "adamra_decay": "none",
+        "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
+        "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": "1",
     },
 }
+assert len({frozenset(values) for values in PRESETS.values()}) == 1, "every preset must set the same options"
 DEFAULT_PRESET = "tuned"
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
@@ -81,7 +83,8 @@ def add_adamra_args(parser) -> None:
         group.add_argument(_flag("adamra_" + name), type=kind, metavar=metavar,
                            help=f"{text} (default {_describe_default('adamra_' + name)})")
         group.add_argument(_flag("adamra_cross_" + name), type=kind, metavar=metavar,
-                           help=f"the same for encoder-decoder attention only (default: as {_flag('adamra_' + name)})")
+                           help=f"the same for encoder-decoder attention only (default "
+                                f"{_describe_default('adamra_cross_' + name, _flag('adamra_' + name))})")
     group.add_argument("--adamra-routing", type=str, metavar="|".join(ROUTINGS),
                        help="per-position resolution gate: soft scales every rate's heads by R*g, top1 keeps "
                             f"only the arg-max rate's heads (default {DEFAULTS['adamra_routing']})")
@@ -102,14 +105,15 @@ def add_adamra_args(parser) -> None:
                        help=f"added to the kernel normaliser (default {DEFAULTS['adamra_eps']})")
 
 
-def _describe_default(name: str) -> str:
+def _describe_default(name: str, unset_means: str = "") -> str:
+    """The default of option ``name`` for the help text, per preset where presets differ."""
     values = {preset: values.get(name) for preset, values in PRESETS.items() if name in values}
     if not values:
-        return str(DEFAULTS[name])
-    if len(set(map(str, values.values()))) == 1:
-        return str(next(iter(values.values())))
-    return ", ".join(f"{value if value is not None else 'as self-attention'} with preset {preset}"
-                     for preset, value in values.items())
+        return str(DEFAULTS.get(name, f"as {unset_means}"))
+    texts = [str(value) if value is not None else f"as {unset_means}" for value in values.values()]
+    if len(set(texts)) == 1:
+        return texts[0]
+    return ", ".join(f"{text} with preset {preset}" for preset, text in zip(values, texts))
 
 
 def preset_of(args) -> str:
