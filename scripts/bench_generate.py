@@ -28,6 +28,8 @@ import torch  # noqa: E402
 
 from bench_attention import cpu_model, current_rss_kb  # noqa: E402
 
+from adamra_fairseq.modules.options import DEFAULT_PRESET, PRESETS  # noqa: E402
+
 MODELS = {"transformer": "transformer", "adamra": "adamra_transformer"}
 FULL_OUTPUT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 QUICK_OUTPUT_LENGTHS = (16, 64, 256)
@@ -44,7 +46,7 @@ class _Task:
         self.target_dictionary = dictionary
 
 
-def build_model(kind, size, vocab, max_positions):
+def build_model(kind, size, vocab, max_positions, preset):
     from argparse import Namespace
 
     from fairseq.data import Dictionary
@@ -59,6 +61,8 @@ def build_model(kind, size, vocab, max_positions):
             ("adamra", "iwslt"): "adamra_transformer_iwslt_de_en"}[(kind, size)]
     args = Namespace(arch=arch, max_source_positions=max_positions, max_target_positions=max_positions,
                      share_all_embeddings=True, criterion="label_smoothed_cross_entropy")
+    if kind == "adamra":
+        args.adamra_preset = preset
     ARCH_CONFIG_REGISTRY[arch](args)
     torch.manual_seed(0)
     return ARCH_MODEL_REGISTRY[arch].build_model(args, _Task(dictionary)).eval(), dictionary
@@ -70,7 +74,7 @@ def decode_point(kind, source_len, output_len, beam, args):
 
     torch.set_num_threads(args.threads)
     baseline = current_rss_kb()
-    model, dictionary = build_model(kind, args.size, args.vocab, max(source_len, output_len) + 8)
+    model, dictionary = build_model(kind, args.size, args.vocab, max(source_len, output_len) + 8, args.adamra_preset)
     generator = SequenceGenerator([model], dictionary, beam_size=beam, min_len=output_len,
                                   max_len_a=0, max_len_b=output_len)
     torch.manual_seed(1)
@@ -150,6 +154,8 @@ def main():
     parser.add_argument("--size", choices=("tiny", "iwslt"), default="iwslt",
                         help="model sizes: tiny (128-d, 2+2) or iwslt (512-d, 6+6, 4 heads)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                        help="AdaMRA's kernel settings (docs/method.md, Presets); default: the model's default")
     parser.add_argument("--batch", type=int, default=1, help="sentences per batch")
     parser.add_argument("--beams", type=str, default="1,5")
     parser.add_argument("--vocab", type=int, default=8000)
