@@ -29,13 +29,13 @@ from compare import REPO_ROOT, fail  # noqa: E402
 SCORE_LINE = re.compile(r"BLEU = ([0-9.]+) .*ratio = ([0-9.]+)")
 
 
-def generate(data_bin, checkpoint, subset, lenpen, out_txt, env):
+def generate(data_bin, checkpoint, subset, lenpen, out_txt, env, remove_bpe):
     """Runs fairseq-generate into ``out_txt`` unless it exists; returns (BLEU, length ratio) of its last line."""
     if not os.path.isfile(out_txt):
         command = ["fairseq-generate", data_bin, "--user-dir", os.path.join(REPO_ROOT, "adamra_fairseq"),
                    "--path", checkpoint, "--gen-subset", subset, "--beam", "5", "--lenpen", str(lenpen),
                    "--max-len-a", "1.2", "--max-len-b", "10", "--max-tokens", "4096",
-                   "--required-batch-size-multiple", "1", "--remove-bpe", "subword_nmt", "--scoring", "sacrebleu"]
+                   "--required-batch-size-multiple", "1", "--remove-bpe", remove_bpe, "--scoring", "sacrebleu"]
         if not torch.cuda.is_available():
             command.append("--cpu")
         with open(out_txt + ".tmp", "w") as handle:
@@ -72,7 +72,10 @@ def main():
     if not os.path.isfile(manifest):
         fail(f"{args.data_bin} has no preprocessing.json: build it with examples/translation/prepare-debian-de-en.sh")
     with open(manifest) as handle:
-        test_sets = json.load(handle)["test_sets"]
+        preprocessing = json.load(handle)
+    test_sets = preprocessing["test_sets"]
+    # as scripts/generate.sh: sentencepiece corpora (--spm) need their own BPE removal
+    remove_bpe = "sentencepiece" if preprocessing["bpe"] == "sentencepiece" else "subword_nmt"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=REPO_ROOT)
 
     results = {}
@@ -80,12 +83,12 @@ def main():
         folder = os.path.join(args.out, name)
         os.makedirs(folder, exist_ok=True)
         valid = {lenpen: generate(args.data_bin, checkpoint, "valid", lenpen,
-                                  os.path.join(folder, f"valid-lenpen{lenpen:g}.txt"), env) for lenpen in lenpens}
+                                  os.path.join(folder, f"valid-lenpen{lenpen:g}.txt"), env, remove_bpe) for lenpen in lenpens}
         best = max(lenpens, key=lambda lenpen: valid[lenpen][0])
         tests = {}
         for subset, test_name in test_sets.items():
             out_txt = os.path.join(folder, f"{subset}-lenpen{best:g}.txt")
-            _, ratio = generate(args.data_bin, checkpoint, subset, best, out_txt, env)
+            _, ratio = generate(args.data_bin, checkpoint, subset, best, out_txt, env, remove_bpe)
             scores_path = out_txt[:-4] + ".json"
             subprocess.run([sys.executable, "-m", "adamra_fairseq.evaluation", "--data-bin", args.data_bin,
                             "--subset", subset, "--json", scores_path, out_txt], env=env, check=True,
