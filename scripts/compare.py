@@ -169,6 +169,9 @@ def main():
     parser.add_argument("--dropout", default="0.1")
     parser.add_argument("--max-tokens", default="4096")
     parser.add_argument("--validate-interval-updates", default="200")
+    parser.add_argument("--models", default="transformer,adamra",
+                        help="comma list of the models to train (default both): e.g. transformer alone, as the "
+                             "--transformer-from parent of several AdaMRA variants")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="results folder (default results/compare-<time>)")
     args, model_flags = parser.parse_known_args()
@@ -181,6 +184,9 @@ def main():
         seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
         fail(f"--seeds {args.seeds!r} is not a comma list of integers")
+    models = [model for model in args.models.split(",") if model]
+    if not models or set(models) - set(ARCHS[args.size]):
+        fail(f"--models {args.models!r}: choose one or both of {','.join(ARCHS[args.size])}")
     if args.max_update is not None and args.max_update < 1:
         fail(f"--max-update {args.max_update} must be >= 1")
     if args.max_minutes is not None and args.max_minutes <= 0:
@@ -208,8 +214,8 @@ def main():
 
     print(f"comparing on {args.data_bin}: seeds {seeds}, budget {budget_text}, {args.size} sizes, "
           f"{args.threads} threads; results in {out}", flush=True)
-    runs = {model: {} for model in ARCHS[args.size]}
-    jobs = [(seed, model) for seed in seeds for model in ARCHS[args.size]]
+    runs = {model: {} for model in ARCHS[args.size] if model in models}
+    jobs = [(seed, model) for seed in seeds for model in runs]
     started = time.time()
     for index, (seed, model) in enumerate(jobs, 1):
         arch = ARCHS[args.size][model]

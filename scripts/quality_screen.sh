@@ -4,22 +4,29 @@
 # The screening stage of docs/results.md ("Closing the gap"): AdaMRA variants
 # against the same vanilla transformer at a cheap size and budget (tiny
 # sizes with the small model's head layout, 4 heads of 32; 1000 updates;
-# seed 1), one training at a time. Each variant is one scripts/compare.py
-# folder under $SCREEN_DIR (default results/screen) that reuses the
-# transformer of the "default" folder; finished runs are reused, so the
-# script can be stopped and re-run. Without arguments it runs every variant
-# in the order below; then it prints the table of all finished variants.
+# seed $SEEDS, default 1), one training at a time. Each variant is one
+# scripts/compare.py folder under $SCREEN_DIR (default results/screen) that
+# reuses the transformer of the "default" folder; finished runs are reused,
+# so the script can be stopped and re-run. Every variant starts from
+# --adamra-preset original (the first definition, "default" below) and adds
+# its flags, so a variant keeps its meaning whatever the current default
+# preset is. "transformer" trains only the transformer (into the "default"
+# folder), e.g. for a second seed of a few variants:
+#   SEEDS=2 SCREEN_DIR=results/screen-seed2 scripts/quality_screen.sh transformer hh-cross1
+# Without arguments it runs every variant in the order below; then it prints
+# the table of all finished variants.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
 SCREEN_DIR="${SCREEN_DIR:-results/screen}"
 DATA_BIN="${DATA_BIN:-data/debian-de-en/data-bin}"
-THREADS="${THREADS:-2}"  # 1 when two screens share the 2 cores (their speeds are then not comparable)
-COMMON=(--data-bin "$DATA_BIN" --seeds 1 --max-update 1000 --heads 4 --size tiny --threads "$THREADS")
+THREADS="${THREADS:-2}"
+SEEDS="${SEEDS:-1}"  # 1 when two screens share the 2 cores (their speeds are then not comparable)
+COMMON=(--data-bin "$DATA_BIN" --seeds "$SEEDS" --max-update 1000 --heads 4 --size tiny --threads "$THREADS")
 
 HH="--adamra-feature-map hedgehog --adamra-cross-rates 1"
 declare -A VARIANTS=(
     # each option alone
-    [default]=""
+    [default]=""  # the original preset
     [hedgehog]="--adamra-feature-map hedgehog"
     [l2]="--adamra-qk-norm l2"
     [norm]="--adamra-normaliser norm"
@@ -40,10 +47,14 @@ ORDER=(default hedgehog l2 norm cross-rate1 hh-cross1 hh-cross1-decay hh-cross1-
 
 run_variant() {  # $1 = name
     local name="$1" flags
-    [ -n "${VARIANTS[$name]+set}" ] || die "unknown variant $name: choose from ${ORDER[*]}"
-    read -r -a flags <<< "${VARIANTS[$name]}"
+    if [ "$name" = transformer ]; then
+        python scripts/compare.py "${COMMON[@]}" --models transformer --out "$SCREEN_DIR/default"
+        return
+    fi
+    [ -n "${VARIANTS[$name]+set}" ] || die "unknown variant $name: choose from transformer ${ORDER[*]}"
+    read -r -a flags <<< "--adamra-preset original ${VARIANTS[$name]}"
     if [ "$name" = default ]; then
-        python scripts/compare.py "${COMMON[@]}" --out "$SCREEN_DIR/default"
+        python scripts/compare.py "${COMMON[@]}" "${flags[@]}" --out "$SCREEN_DIR/default"
     else
         python scripts/compare.py "${COMMON[@]}" "${flags[@]}" --transformer-from "$SCREEN_DIR/default" \
             --out "$SCREEN_DIR/$name"

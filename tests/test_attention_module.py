@@ -176,8 +176,8 @@ def variant(qk_norm, feature_map, feature_dim, normaliser):
 @pytest.mark.parametrize("settings", VARIANTS)
 def test_quality_options_match_the_written_out_reference(settings):
     module = make_module(rates=(1, 2, 4, 8), chunk=8, **variant(*settings))
-    x = torch.randn(9, 3, EMBED, dtype=torch.float64)
-    mask = torch.zeros(3, 9, dtype=torch.bool)
+    x = torch.randn(9, 4, EMBED, dtype=torch.float64)  # 36 tokens >= EMBED: learned projections are folded
+    mask = torch.zeros(4, 9, dtype=torch.bool)
     mask[1, :3] = True
     out, _ = module(x, x, x, key_padding_mask=mask)
     assert torch.allclose(out, reference_forward(module, x, x, mask), atol=1e-10)
@@ -188,7 +188,7 @@ def test_quality_options_match_the_written_out_reference(settings):
 @pytest.mark.parametrize("settings", VARIANTS)
 def test_quality_options_incremental_equals_parallel(settings):
     module = make_module(rates=(1, 3), chunk=6, **variant(*settings))
-    x = torch.randn(8, 2, EMBED, dtype=torch.float64)
+    x = torch.randn(8, 4, EMBED, dtype=torch.float64)  # parallel: folded projections; steps: separate
     parallel, _ = module(x, x, x, attn_mask=future_mask(8))
     state = {}
     steps = [module(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state)[0] for t in range(8)]
@@ -208,6 +208,21 @@ def test_cross_attention_quality_options_cached_equals_parallel_and_reference(se
     steps = [module(queries[t : t + 1], source if t == 0 else None, source if t == 0 else None,
                     key_padding_mask=mask, incremental_state=state, static_kv=True)[0] for t in range(4)]
     assert torch.allclose(torch.cat(steps), full, atol=1e-10)
+
+
+@pytest.mark.parametrize("settings", VARIANTS)
+def test_folded_query_key_projection_equals_projection_then_transform(settings):
+    module = make_module(**variant(*settings))
+    x = torch.randn(5, 2, EMBED, dtype=torch.float64)
+    transform = module.query_key
+    for linear, is_query in ((module.q_proj, True), (module.k_proj, False)):
+        folded = transform.fused_linear(linear, is_query)
+        if settings[0] == "l2" or transform.weight is None:  # nothing linear to fold
+            assert folded is None
+            continue
+        heads = module._heads(linear(x))
+        separate = transform.queries(heads) if is_query else transform.keys(heads)
+        assert torch.allclose(module._heads(torch.nn.functional.linear(x, *folded)), separate, atol=1e-12)
 
 
 def test_learned_decay_matches_reference_and_incremental_equals_parallel():

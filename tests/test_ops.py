@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamra_fairseq.ops.bidirectional import bidirectional_attention
+from adamra_fairseq.ops.bidirectional import bidirectional_attention, quadratic_is_cheaper
 from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
@@ -30,26 +30,37 @@ def left_padding_mask(lengths, total):
 
 @pytest.mark.parametrize("rate", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("feature_map", [elu_plus_one, relu, FEATURE_MAPS["dpfp2"]])
-def test_bidirectional_matches_naive_on_left_padded_batches(rate, feature_map):
+@pytest.mark.parametrize("form", ["state", "quadratic"])
+def test_bidirectional_matches_naive_on_left_padded_batches(rate, feature_map, form):
     q, k, v = random_qkv(length=11, src_len=13)
     mask = left_padding_mask([13, 7, 1], 13)
     expected = naive_adamra_attention(q, k, v, [rate] * 2, mask, feature_map=feature_map)
-    actual = bidirectional_attention(q, k, v, rate, mask, feature_map=feature_map)
+    actual = bidirectional_attention(q, k, v, rate, mask, feature_map=feature_map, form=form)
     assert torch.allclose(actual, expected, atol=TOL)
 
 
-def test_bidirectional_pads_anywhere_never_enter_a_mean():
+def test_bidirectional_form_choice_follows_the_multiply_adds():
+    # MT sentences with hedgehog features (F = 2 * 64): the quadratic order is cheaper
+    assert quadratic_is_cheaper(queries=30, blocks=30, features=128, value_width=64)
+    # long inputs: the state is the linear-cost order
+    assert not quadratic_is_cheaper(queries=4096, blocks=4096, features=128, value_width=64)
+    with pytest.raises(ValueError, match="unknown form"):
+        bidirectional_attention(*random_qkv(), rate=1, form="fast")
+
+
+@pytest.mark.parametrize("form", ["state", "quadratic"])
+def test_bidirectional_pads_anywhere_never_enter_a_mean(form):
     q, k, v = random_qkv(length=9)
     mask = torch.zeros(3, 9, dtype=torch.bool)
     mask[0, [0, 4, 8]] = True  # scattered pads
     mask[1, -2:] = True  # right padding
     expected = naive_adamra_attention(q, k, v, [3, 3], mask)
-    assert torch.allclose(bidirectional_attention(q, k, v, 3, mask), expected, atol=TOL)
+    assert torch.allclose(bidirectional_attention(q, k, v, 3, mask, form=form), expected, atol=TOL)
     # and the values at pad positions do not matter
     k2, v2 = k.clone(), v.clone()
     k2[mask[:, None, :, None].expand_as(k)] = 1e3
     v2[mask[:, None, :, None].expand_as(v)] = -1e3
-    assert torch.allclose(bidirectional_attention(q, k2, v2, 3, mask), expected, atol=TOL)
+    assert torch.allclose(bidirectional_attention(q, k2, v2, 3, mask, form=form), expected, atol=TOL)
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3, 4])
@@ -91,8 +102,9 @@ def test_without_denominator_every_path_matches_the_naive_weighted_sum(name):
     q, k, v = random_qkv(heads=2, length=11, src_len=13, seed=12)
     mask = left_padding_mask([13, 8, 2], 13)
     expected = naive_adamra_attention(q, k, v, [4, 4], mask, feature_map=feature_map, divide=False)
-    actual = bidirectional_attention(q, k, v, 4, mask, feature_map=feature_map, divide=False)
-    assert torch.allclose(actual, expected, atol=TOL)
+    for form in ("state", "quadratic"):
+        actual = bidirectional_attention(q, k, v, 4, mask, feature_map=feature_map, divide=False, form=form)
+        assert torch.allclose(actual, expected, atol=TOL)
     q, k, v = random_qkv(heads=2, length=11, seed=13)
     expected = naive_adamra_attention(q, k, v, [2, 2], causal=True, feature_map=feature_map, divide=False)
     assert torch.allclose(causal_attention(q, k, v, 2, 4, feature_map, divide=False), expected, atol=TOL)

@@ -28,7 +28,7 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
-from ..ops.bidirectional import attend_state, kv_state
+from ..ops.bidirectional import attend_state, bidirectional_attention, kv_state
 from ..ops.causal import causal_attention
 from ..ops.feature_maps import FEATURE_MAPS, feature_width
 from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
@@ -138,9 +138,20 @@ class MultiResolutionAttention(nn.Module):
 
     # ----- shapes ---------------------------------------------------------
     def _heads(self, x: Tensor) -> Tensor:
-        """``(T, B, C)`` -> ``(B, H, T, D)``."""
+        """``(T, B, H*D)`` -> ``(B, H, T, D)``."""
         length, batch, _ = x.shape
-        return x.view(length, batch, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        return x.view(length, batch, self.num_heads, -1).permute(1, 2, 0, 3)
+
+    def _transformed(self, x: Tensor, linear: nn.Linear, is_query: bool) -> Tensor:
+        """``linear`` then the query/key transform: ``(T, B, C_in)`` -> ``(B, H, T, N)``, folded into one
+        matrix product when the call has enough tokens for folding to pay (:class:`QueryKeyTransform`)."""
+        fused = None
+        if x.size(0) * x.size(1) >= linear.in_features:
+            fused = self.query_key.fused_linear(linear, is_query)
+        if fused is not None:
+            return self._heads(nn.functional.linear(x, *fused))
+        heads = self._heads(linear(x))
+        return self.query_key.queries(heads) if is_query else self.query_key.keys(heads)
 
     def _groups(self, x: Tensor):
         """Splits ``(B, H, ...)`` into one ``(B, H/R, ...)`` tensor per rate."""
@@ -164,7 +175,7 @@ class MultiResolutionAttention(nn.Module):
         if before_softmax:
             raise ValueError("MultiResolutionAttention has no softmax: before_softmax is not supported")
         tgt_len, batch, _ = query.shape
-        q = self.query_key.queries(self._heads(self.q_proj(query)))
+        q = self._transformed(query, self.q_proj, is_query=True)
         if self.encoder_decoder_attention:
             heads_out = self._cross(q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask)
         elif incremental_state is not None:
@@ -181,7 +192,7 @@ class MultiResolutionAttention(nn.Module):
 
     def _keys_values(self, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor]:
         """Transformed per-head keys ``(B, H, S, N)`` and values ``(B, H, S, D)``."""
-        return self.query_key.keys(self._heads(self.k_proj(key))), self._heads(self.v_proj(value))
+        return self._transformed(key, self.k_proj, is_query=False), self._heads(self.v_proj(value))
 
     def _parallel_self(self, q, key, value, key_padding_mask, attn_mask) -> Tensor:
         k, v = self._keys_values(key, value)
@@ -207,7 +218,10 @@ class MultiResolutionAttention(nn.Module):
         return torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates)
 
     def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
-        return attend_state(q, self._summaries(k, v, key_padding_mask), self.feature_map, self.eps, self.divide)
+        return torch.cat([
+            bidirectional_attention(qg, kg, vg, rate, key_padding_mask, self.feature_map, self.eps, self.divide)
+            for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)
+        ], dim=1)
 
     def _summaries(self, k, v, key_padding_mask) -> Tensor:
         """Per-head ``[S | z]`` ``(B, H, F, D + 1)`` of the pooled keys/values."""
@@ -236,9 +250,10 @@ class MultiResolutionAttention(nn.Module):
             summary = saved["summary"]
         else:
             k, v = self._keys_values(key, value)
+            if incremental_state is None or not static_kv:  # training: no summary to keep
+                return self._bidirectional(q, k, v, key_padding_mask)
             summary = self._summaries(k, v, key_padding_mask)
-            if incremental_state is not None and static_kv:
-                self._set_input_buffer(incremental_state, {"summary": summary})
+            self._set_input_buffer(incremental_state, {"summary": summary})
         return attend_state(q, summary, self.feature_map, self.eps, self.divide)
 
     def _decode_steps(self, q, key, value, incremental_state) -> Tensor:

@@ -14,10 +14,17 @@ chunked, recurrent or cached, sees the same transformed q and k):
    ``x -> x W_h (+ b_h)`` with ``W_h`` of shape ``(D, N)`` per head, shared by q
    and k. It is linear, so applying it before the keys are pooled equals
    applying it to the block means.
+
+Without the l2 norm both steps are linear, so they fold into the input
+projection (:meth:`QueryKeyTransform.fused_linear`): one ``C -> H*N`` matrix
+product instead of the ``C -> H*D`` projection, a per-head product and the
+copies that head-major layout needs. The module uses the folded form when a
+call has at least as many tokens as input features (folding costs a
+``C x H*D x N`` product of weights, which then pays for itself).
 """
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +82,22 @@ class QueryKeyTransform(nn.Module):
     def keys(self, k: Tensor) -> Tensor:
         """``(B, H, T, D)`` -> ``(B, H, T, N)``."""
         return self._project(self._l2(k))
+
+    def fused_linear(self, linear: nn.Linear, is_query: bool) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(weight (H*N, C_in), bias (H*N,))`` of ``linear`` (``C_in -> H*D``) followed by :meth:`queries`
+        (``is_query``) or :meth:`keys`, as one linear map; None when there is nothing to fold (no learned
+        projection) or the transform is not linear (``l2``)."""
+        if self.weight is None or self.log_temperature is not None:
+            return None
+        heads, head_dim, width = self.weight.shape
+        projection = self.weight
+        if is_query and self.qk_norm == "scale":
+            projection = projection * head_dim ** -0.5
+        weight = torch.einsum("hdc,hdn->hnc", linear.weight.view(heads, head_dim, -1), projection)
+        bias = torch.einsum("hd,hdn->hn", linear.bias.view(heads, head_dim), projection)
+        if self.bias is not None:
+            bias = bias + self.bias
+        return weight.reshape(heads * width, -1), bias.reshape(heads * width)
 
     def temperature(self) -> Optional[Tensor]:
         """``(H,)`` tau_h of the ``l2`` norm, else None."""

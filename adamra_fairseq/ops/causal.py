@@ -75,7 +75,9 @@ def causal_attention(
     chunk_size = min(chunk_size, block_count(seq_len, rate) * rate)
     num_chunks = block_count(seq_len, chunk_size)
     padded_len = num_chunks * chunk_size
-    q, k, v = (F.pad(x.to(acc), (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
+    q, k, v = (x.to(acc) for x in (q, k, v))
+    if padded_len != seq_len:
+        q, k, v = (F.pad(x, (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
 
     phi_q = feature_map(q)
     k_running = running_block_means(k, rate)
@@ -95,30 +97,33 @@ def causal_attention(
     query_block = torch.arange(chunk_size, device=q.device) // rate  # block of each position, within its chunk
     key_block = torch.arange(blocks_per_chunk, device=q.device)
     earlier = (key_block[None, :] < query_block[:, None]).to(acc)  # (C, C/r)
+    inter = None  # earlier chunks' contribution; a sequence of one chunk has none
     if block_decay is None:
-        # Earlier chunks: exclusive prefix sum of per-chunk summaries [S | z].
-        chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, F, Dv + 1)
-        carried = F.pad(chunk_summary.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
-        inter = phi_q_chunks @ carried
         intra_weights = earlier
+        if num_chunks > 1:  # exclusive prefix sum of per-chunk summaries [S | z]
+            chunk_summary = phi_k_block.transpose(3, 4) @ v_block  # (B, h, N, F, Dv + 1)
+            carried = F.pad(chunk_summary[:, :, :-1].cumsum(dim=2), (0, 0, 0, 0, 1, 0))
+            inter = phi_q_chunks @ carried
     else:
         decay = block_decay.to(acc)[:, None, None]  # (h, 1, 1)
-        # A chunk's summary as seen from the next chunk's first block: block i weighs g^(P - i).
-        to_chunk_end = (blocks_per_chunk - key_block).to(acc)
-        chunk_summary = (phi_k_block * (decay[..., 0] ** to_chunk_end)[None, :, None, :, None]).transpose(3, 4) @ v_block
-        # Chunk c carries chunk c' < c with weight g^(P (c - 1 - c')).
-        chunk = torch.arange(num_chunks, device=q.device)
-        gap = (chunk[:, None] - 1 - chunk[None, :]).to(acc)
-        carry = torch.where(gap >= 0, decay ** (blocks_per_chunk * gap.clamp(min=0)), torch.zeros_like(gap))
-        carried = torch.einsum("hcd,bhdfv->bhcfv", carry, chunk_summary)
-        inter = (phi_q_chunks @ carried) * (decay[..., 0] ** query_block.to(acc))[None, :, None, :, None]
         distance = (query_block[:, None] - key_block[None, :]).to(acc).clamp(min=0)
-        intra_weights = earlier * decay ** distance  # (h, C, C/r)
-        intra_weights = intra_weights[None, :, None]
+        intra_weights = (earlier * decay ** distance)[None, :, None]  # (1, h, 1, C, C/r)
+        if num_chunks > 1:
+            # A chunk's summary as seen from the next chunk's first block: block i weighs g^(P - i).
+            to_chunk_end = (blocks_per_chunk - key_block).to(acc)
+            weighted_keys = phi_k_block * (decay[..., 0] ** to_chunk_end)[None, :, None, :, None]
+            chunk_summary = weighted_keys.transpose(3, 4) @ v_block
+            # Chunk c carries chunk c' < c with weight g^(P (c - 1 - c')).
+            chunk = torch.arange(num_chunks, device=q.device)
+            gap = (chunk[:, None] - 1 - chunk[None, :]).to(acc)
+            carry = torch.where(gap >= 0, decay ** (blocks_per_chunk * gap.clamp(min=0)), torch.zeros_like(gap))
+            carried = torch.einsum("hcd,bhdfv->bhcfv", carry, chunk_summary)
+            inter = (phi_q_chunks @ carried) * (decay[..., 0] ** query_block.to(acc))[None, :, None, :, None]
 
     # Same chunk: blocks strictly before the query's own block.
     scores = phi_q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, C/r)
     intra = (scores * intra_weights) @ v_block
+    earlier_blocks = intra if inter is None else inter + intra
 
-    out = normalise(read + (inter + intra).view_as(read), eps, divide)
+    out = normalise(read + earlier_blocks.view_as(read), eps, divide)
     return out[:, :, :seq_len].to(input_dtype)
