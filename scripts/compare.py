@@ -34,6 +34,9 @@ import sys
 import time
 from datetime import datetime, timezone
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from progress import GenerationWatcher, Reporter, TrainingWatcher  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = {
     "tiny": {"transformer": "transformer_adamra_tiny_baseline", "adamra": "adamra_transformer_tiny"},
@@ -48,14 +51,32 @@ def fail(message):
     sys.exit(2)
 
 
-def run_measured(command, log_path, env):
-    """Runs ``command`` with stdout+stderr to ``log_path``; returns (exit code, seconds, peak RSS in MB)."""
+def run_measured(command, log_path, env, watcher=None, label="", append=False):
+    """Runs ``command`` with stdout+stderr to ``log_path`` (appended to if ``append``); returns
+    (exit code, seconds, peak RSS in MB). A ``watcher`` (scripts/progress.py) is polled meanwhile and its
+    status shown, prefixed by ``label``."""
     start = time.time()
-    with open(log_path, "w") as log:
+    reporter = Reporter(label) if watcher else None
+    with open(log_path, "a" if append else "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG if reporter else 0)
+            if pid:
+                break
+            reporter.show(watcher())
+            time.sleep(2)
+    if reporter:
+        reporter.close()
     code = os.waitstatus_to_exitcode(status)
     return code, time.time() - start, usage.ru_maxrss / 1024
+
+
+def count_lines(path):
+    """Lines in ``path``, or None if it does not exist."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, errors="replace") as handle:
+        return sum(1 for _ in handle)
 
 
 def load_measurement(save_dir, step):
@@ -75,7 +96,7 @@ def save_measurement(save_dir, step, seconds, peak_mb, command):
     return measured
 
 
-def run_step(save_dir, step, command, log_path, env, what, reuse_only=False):
+def run_step(save_dir, step, command, log_path, env, what, reuse_only=False, watcher=None):
     """Runs ``command`` unless ``step`` finished before in ``save_dir``; returns its measurement.
 
     A finished step is reused only if it ran the same command (``command`` None:
@@ -94,7 +115,9 @@ def run_step(save_dir, step, command, log_path, env, what, reuse_only=False):
         return measured
     if command is None or reuse_only:
         fail(f"{save_dir} has no finished {step} step: finish the run that owns it first")
-    code, seconds, peak_mb = run_measured([arg.replace("<run>", save_dir) for arg in command], log_path, env)
+    resuming = step == "train" and os.path.isfile(os.path.join(save_dir, "checkpoint_last.pt"))
+    code, seconds, peak_mb = run_measured([arg.replace("<run>", save_dir) for arg in command], log_path, env,
+                                          watcher, step, append=resuming)  # a resumed run keeps its earlier log
     if code != 0:
         fail(f"{what} failed (exit {code}); see {log_path}")
     return save_measurement(save_dir, step, seconds, peak_mb, command)
@@ -197,7 +220,8 @@ def main():
         fail(f"{args.data_bin} has no preprocessing.json: build it with examples/translation/prepare-debian-de-en.sh "
              "(or prepare-iwslt14.sh) first")
     with open(os.path.join(args.data_bin, "preprocessing.json")) as handle:
-        test_sets = json.load(handle)["test_sets"]
+        corpus = json.load(handle)
+    test_sets, target_lang = corpus["test_sets"], corpus["target_lang"]
     args.data_bin = os.path.abspath(args.data_bin)
     out = os.path.abspath(args.out or os.path.join(REPO_ROOT, "results", "compare-" + datetime.now().strftime("%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
@@ -249,15 +273,19 @@ def main():
             command += ["--finetune-from-model", converted]
         os.makedirs(save_dir, exist_ok=True)
         log_path = os.path.join(save_dir, "train.log")
-        measured = run_step(save_dir, "train", command, log_path, env, f"training {arch} seed {seed}", reuse_only)
+        watcher = TrainingWatcher(log_path, None if args.max_minutes else args.max_update or 600, args.max_minutes)
+        measured = run_step(save_dir, "train", command, log_path, env, f"training {arch} seed {seed}", reuse_only,
+                            watcher)
         record = {"seed": seed, "arch": arch, "train_seconds": measured["seconds"],
                   "train_peak_mb": measured["peak_mb"], **parse_training_log(log_path), "tests": {}}
         for subset, name in test_sets.items():
             generate_log = os.path.join(save_dir, f"generate-{subset}.log")
             generate = ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"),
                         subset, "--max-len-a", "1.2", "--max-len-b", "10"]
+            watcher = GenerationWatcher(os.path.join(save_dir, f"generate-{subset}.txt.tmp"),
+                                        count_lines(os.path.join(args.data_bin, f"{subset}.ref.{target_lang}")))
             measured = run_step(save_dir, f"generate-{subset}", generate, generate_log, env,
-                                f"generating {subset} with {arch} seed {seed}", reuse_only)
+                                f"generating {subset} with {arch} seed {seed}", reuse_only, watcher)
             with open(os.path.join(save_dir, f"generate-{subset}.json")) as handle:
                 scores = json.load(handle)
             scores.update(generate_seconds=measured["seconds"], generate_peak_mb=measured["peak_mb"],
