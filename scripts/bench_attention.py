@@ -1,6 +1,9 @@
 """One attention layer, forward + backward, against sequence length: AdaMRA versus softmax attention.
 
-usage: python scripts/bench_attention.py [--quick] [--threads 2] [--out results/bench_attention]
+usage: python scripts/bench_attention.py [--quick] [--threads 2] [--feature-map hedgehog] [--out results/bench_attention]
+
+Our modules use --feature-map (default: the default preset's, Hedgehog's
+learned softmax features; elu is the original preset's).
 
 Columns (all with the same width, heads and input):
   mha           fairseq MultiheadAttention, no mask (encoder self-attention)
@@ -51,7 +54,7 @@ def current_rss_kb() -> int:
         return int(handle.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
-def build_layer(method, dim, heads, rates):
+def build_layer(method, dim, heads, rates, feature_map):
     from fairseq.modules import MultiheadAttention
 
     from adamra_fairseq.modules import MultiResolutionAttention
@@ -60,7 +63,7 @@ def build_layer(method, dim, heads, rates):
     if method in ("mha", "mha_causal", "sdpa"):
         return MultiheadAttention(dim, heads, self_attention=True)
     options = AdaMRAOptions(rates=(1,) if method == "linear" else rates, routing="soft", balance_loss=0.0,
-                            feature_map="elu", places=("encoder", "decoder", "cross"), chunk_size=64, eps=1e-6)
+                            feature_map=feature_map, places=("encoder", "decoder", "cross"), chunk_size=64, eps=1e-6)
     return MultiResolutionAttention(dim, heads, options, self_attention=True)
 
 
@@ -89,7 +92,7 @@ def run_point(method, length, args, queue):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     baseline = current_rss_kb()
-    layer = build_layer(method, args.dim, args.heads, tuple(args.rates))
+    layer = build_layer(method, args.dim, args.heads, tuple(args.rates), args.feature_map)
     x = torch.randn(length, args.batch, args.dim, requires_grad=True)
     mask = None
     if method == "mha_causal":
@@ -143,9 +146,12 @@ def core_gflops(length, args, causal):
     """
     from adamra_fairseq.ops.bidirectional import bidirectional_attention
     from adamra_fairseq.ops.causal import causal_attention
+    from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, feature_width
 
     torch.set_num_threads(args.threads)
     dim = args.dim // args.heads
+    features = feature_width(args.feature_map, dim)  # F: 2D for hedgehog's [softmax(x), softmax(-x)]
+    feature_map = FEATURE_MAPS[args.feature_map]
     group = args.heads // len(args.rates)
     qkv = [torch.randn(args.batch, group, length, dim, requires_grad=True) for _ in range(3)]
     flops = 0.0
@@ -154,19 +160,19 @@ def core_gflops(length, args, causal):
         if causal:
             chunk = 64
             # per chunk: C x (C/r) scores and read-out, chunk summaries, inter-chunk read-out
-            flops += 2 * args.batch * group * (2 * length * (chunk / rate) * dim + 2 * blocks * dim * dim
-                                                + 2 * length * dim * dim)
-        else:
-            flops += 2 * args.batch * group * (blocks * dim * dim + length * dim * dim + length * dim)
+            flops += 2 * args.batch * group * (length * (chunk / rate) * (features + dim) + blocks * features * dim
+                                                + length * features * dim)
+        else:  # the state form (long inputs): summary and read-out
+            flops += 2 * args.batch * group * (blocks + length) * features * (dim + 1)
     flops *= 3  # forward + backward
 
     def step():
         outputs = []
         for rate in args.rates:
             if causal:
-                outputs.append(causal_attention(*qkv, rate, chunk_size=64))
+                outputs.append(causal_attention(*qkv, rate, chunk_size=64, feature_map=feature_map))
             else:
-                outputs.append(bidirectional_attention(*qkv, rate))
+                outputs.append(bidirectional_attention(*qkv, rate, feature_map=feature_map))
         sum(out.sum() for out in outputs).backward()
 
     step()
@@ -221,12 +227,20 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rates", type=str, default="1,2,4,8")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--feature-map", default=None,
+                        help="feature map of our modules (default: the default preset's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per point")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_attention"))
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
+    from adamra_fairseq.modules.options import DEFAULT_PRESET, PRESETS
+    from adamra_fairseq.ops.feature_maps import FEATURE_MAPS
+
+    args.feature_map = args.feature_map or PRESETS[DEFAULT_PRESET]["adamra_feature_map"]
+    if args.feature_map not in FEATURE_MAPS:
+        parser.error(f"--feature-map {args.feature_map}: choose one of {', '.join(FEATURE_MAPS)}")
     if args.dim % args.heads or args.heads % len(args.rates):
         parser.error("--dim must be divisible by --heads, and the number of rates must divide --heads")
     if args.quick:
@@ -246,7 +260,7 @@ def main():
     results = {method: {} for method in METHODS}
     header = f"{'n':>6} | " + " | ".join(f"{m:>14}" for m in METHODS)
     print(f"forward+backward time (ms) / peak memory growth (MB); B={args.batch} d={args.dim} H={args.heads} "
-          f"rates={args.rates} threads={args.threads}")
+          f"rates={args.rates} feature map {args.feature_map} threads={args.threads}")
     print(header)
     print("-" * len(header))
     for length in lengths:

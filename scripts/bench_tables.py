@@ -1,8 +1,10 @@
 """Markdown tables from the JSON that bench_attention.py and bench_generate.py write.
 
 usage: python scripts/bench_tables.py docs/figures/bench_attention.json [docs/figures/bench_generate.json]
+       python scripts/bench_tables.py --before BEFORE.json AFTER.json   (two bench_attention.py runs)
 """
 
+import argparse
 import json
 import os
 import statistics
@@ -75,10 +77,50 @@ def generate_tables(record):
         print(f"| {model} | " + " | ".join(f"{statistics.mean(p['step_ms'][1:]):.2f}" for p in points) + " |")
 
 
-def main(paths):
-    for path in paths:
-        with open(path) as handle:
-            record = json.load(handle)
+def before_after_table(before, after):
+    """Times of our modules and their ratios to fairseq's MHA in two bench_attention.py runs (the lengths of both)."""
+    print(f"Before: {header(before)}  \nAfter: {header(after)}\n")
+    columns = ("linear", "adamra", "adamra_causal")
+    print("| n | " + " | ".join(f"{m} ms before / after" for m in columns)
+          + " | mha / adamra before / after | mha_causal / adamra_causal before / after |")
+    print("|---:|" + "---:|" * (len(columns) + 2))
+    old, new = before["results"], after["results"]
+    for n in (n for n in new["mha"] if n in old["mha"]):
+        def pair(values):
+            return " / ".join(f"{v:.2f}" if v is not None else "-" for v in values)
+
+        def ratio(results, a, b):
+            x, y = results[a][n], results[b][n]
+            return x["time_s"] / y["time_s"] if "time_s" in x and "time_s" in y else None
+
+        def ms(results, method):
+            point = results[method][n]
+            return point["time_s"] * 1000 if "time_s" in point else None
+
+        cells = [" / ".join(f"{v:.1f}" if v is not None else "-" for v in (ms(old, m), ms(new, m))) for m in columns]
+        cells.append(pair((ratio(old, "mha", "adamra"), ratio(new, "mha", "adamra"))))
+        cells.append(pair((ratio(old, "mha_causal", "adamra_causal"), ratio(new, "mha_causal", "adamra_causal"))))
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+def load(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="JSON")
+    parser.add_argument("--before", metavar="JSON",
+                        help="an earlier bench_attention.py run: print a before/after table against the one given")
+    args = parser.parse_args()
+    if args.before:
+        if len(args.paths) != 1:
+            parser.error("--before compares with exactly one later bench_attention.py JSON")
+        before_after_table(load(args.before), load(args.paths[0]))
+        return
+    for path in args.paths:
+        record = load(path)
         if "core_gflops" in record:
             attention_tables(record)
         else:
@@ -87,4 +129,4 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
