@@ -240,13 +240,16 @@ def main():
           f"{args.threads} threads; results in {out}", flush=True)
     runs = {model: {} for model in ARCHS[args.size] if model in models}
     jobs = [(seed, model) for seed in seeds for model in runs]
-    started = time.time()
+    started, job_minutes = time.time(), []  # minutes of each job that trained here (reused ones take none)
     for index, (seed, model) in enumerate(jobs, 1):
+        job_started = time.time()
         arch = ARCHS[args.size][model]
         save_dir = os.path.join(out, model, f"seed{seed}")
         parent_dir = os.path.join(args.finetune_from, "transformer", f"seed{seed}") if args.finetune_from else None
         elapsed = time.time() - started
-        eta = f", about {elapsed / (index - 1) * (len(jobs) - index + 1) / 60:.0f} min left" if index > 1 else ""
+        eta = ""
+        if job_minutes:
+            eta = f", about {statistics.mean(job_minutes) * (len(jobs) - index + 1):.0f} min left"
         print(f"[{index}/{len(jobs)}] training {arch} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})", flush=True)
         reuse_only = model == "transformer" and bool(parent_dir or args.transformer_from)
         if reuse_only:  # trained by an earlier run, in its own folder; never retrained here
@@ -273,6 +276,7 @@ def main():
             command += ["--finetune-from-model", converted]
         os.makedirs(save_dir, exist_ok=True)
         log_path = os.path.join(save_dir, "train.log")
+        trained_before = load_measurement(save_dir, "train") is not None
         watcher = TrainingWatcher(log_path, None if args.max_minutes else args.max_update or 600, args.max_minutes)
         measured = run_step(save_dir, "train", command, log_path, env, f"training {arch} seed {seed}", reuse_only,
                             watcher)
@@ -293,6 +297,8 @@ def main():
             record["tests"][name] = scores
             print(f"      {name}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}", flush=True)
         runs[model][seed] = record
+        if not trained_before:
+            job_minutes.append((time.time() - job_started) / 60)
 
     write_report(out, args, runs, test_sets, seeds, budget_text)
 
