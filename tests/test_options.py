@@ -1,6 +1,7 @@
 """Every bad --adamra-* value fails before training with one line naming the flag."""
 
 import argparse
+import dataclasses
 
 import pytest
 
@@ -99,6 +100,13 @@ def test_original_preset_is_the_first_definition():
     assert cross.feature_map == "elu"
 
 
+def test_tuned_decay_preset_is_tuned_with_the_learned_decay():
+    tuned = parse_adamra_options(namespace(adamra_preset="tuned"))
+    decay = parse_adamra_options(namespace(adamra_preset="tuned-decay"))
+    assert (tuned.decay, decay.decay) == ("none", "learned")
+    assert dataclasses.replace(tuned, decay="learned") == decay
+
+
 def test_options_saved_before_presets_existed_keep_the_original_defaults():
     """A checkpoint written before --adamra-preset has adamra_* values but no preset: it must rebuild the
     model it was trained as (elu, the same rates for cross-attention), not the tuned one."""
@@ -112,7 +120,7 @@ def test_options_saved_before_presets_existed_keep_the_original_defaults():
 
 
 def test_unknown_preset_is_rejected():
-    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned"):
+    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned, tuned-decay"):
         parse_adamra_options(namespace(adamra_preset="best"))
 
 

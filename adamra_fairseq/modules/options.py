@@ -33,6 +33,10 @@ PRESETS = {
         "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": "1",
     },
+    "tuned-decay": {  # tuned + a learned per-head decay in decoder self-attention
+        "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
+        "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1",
+    },
 }
 assert len({frozenset(values) for values in PRESETS.values()}) == 1, "every preset must set the same options"
 DEFAULT_PRESET = "tuned"
@@ -60,7 +64,8 @@ def add_adamra_args(parser) -> None:
     group = parser.add_argument_group("AdaMRA attention")
     group.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
                        help="defaults of the kernel settings below: original = the first definition (elu + 1, the "
-                            f"denominator, the same everywhere), tuned = the best in our MT runs "
+                            "denominator, the same everywhere), tuned = Hedgehog features and one rate in "
+                            "cross-attention, tuned-decay = tuned with a learned decay in decoder self-attention "
                             f"(default {DEFAULT_PRESET}); flags given explicitly override the preset")
     per_place_help = {
         "rates": ("R1,R2,...", str, "compression rates, one per group of heads, in head order; their number must "
