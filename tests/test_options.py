@@ -79,9 +79,9 @@ def test_cross_flags_override_only_cross_attention():
                                    adamra_attention="encoder,cross"))
 
 
-def test_tuned_preset_is_the_default_and_explicit_flags_override_it():
-    from adamra_fairseq.modules.options import PRESETS
-    tuned = PRESETS["tuned"]
+def test_default_preset_fills_the_options_and_explicit_flags_override_it():
+    from adamra_fairseq.modules.options import DEFAULT_PRESET, PRESETS
+    tuned = PRESETS[DEFAULT_PRESET]
     options = parse_adamra_options(namespace())
     cross = options.for_cross_attention()
     assert (options.feature_map, options.qk_norm, options.normaliser, options.decay) == (
