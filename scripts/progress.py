@@ -1,10 +1,10 @@
 """Progress of a long fairseq-train or fairseq-generate run, read from the files it writes.
 
-scripts/compare.py and scripts/bench_training.py run fairseq in a child process
-with its output in a log file; a watcher here is polled every few seconds
-and returns one status line (or None while there is nothing to say).
-:func:`report` shows it: rewritten in place on a terminal, as a plain line
-at most once a minute otherwise (logs, CI).
+scripts/compare.py runs fairseq in a child process with its output in a
+file; a watcher here is polled every few seconds and returns one status
+line (or None while there is nothing to say). :class:`Reporter` shows it:
+rewritten in place on a terminal, as a plain line at most once a minute
+otherwise (logs, CI).
 """
 
 import os
@@ -21,14 +21,18 @@ def minutes(seconds: float) -> str:
 
 
 class NewLines:
-    """The lines appended to a file since the last call (the file may not exist yet)."""
+    """The lines written to a file after this reader was made: what it held then is skipped (a resumed
+    training appends to its earlier log); when the file is rewritten (it shrank), reading starts over."""
 
     def __init__(self, path: str):
-        self.path, self.offset, self.partial = path, 0, ""
+        self.path, self.partial = path, ""
+        self.offset = os.path.getsize(path) if os.path.isfile(path) else 0
 
     def __call__(self):
         if not os.path.isfile(self.path):
             return []
+        if os.path.getsize(self.path) < self.offset:
+            self.offset, self.partial = 0, ""
         with open(self.path, errors="replace") as handle:
             handle.seek(self.offset)
             text = handle.read()

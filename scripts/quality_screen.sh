@@ -19,8 +19,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
 SCREEN_DIR="${SCREEN_DIR:-results/screen}"
 DATA_BIN="${DATA_BIN:-data/debian-de-en/data-bin}"
-THREADS="${THREADS:-2}"
-SEEDS="${SEEDS:-1}"  # 1 when two screens share the 2 cores (their speeds are then not comparable)
+THREADS="${THREADS:-2}"  # 1 when two screens share the 2 cores (their speeds are then not comparable)
+SEEDS="${SEEDS:-1}"
 COMMON=(--data-bin "$DATA_BIN" --seeds "$SEEDS" --max-update 1000 --heads 4 --size tiny --threads "$THREADS")
 
 HH="--adamra-feature-map hedgehog --adamra-cross-rates 1"

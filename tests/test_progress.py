@@ -33,10 +33,33 @@ def test_training_status_follows_the_log_as_it_grows(tmp_path):
 
 def test_training_status_with_a_time_budget(tmp_path):
     log = tmp_path / "train.log"
-    log.write_text(TRAIN_INNER.format(update=5))
     watcher = TrainingWatcher(str(log), max_minutes=30)
+    log.write_text(TRAIN_INNER.format(update=5))
     watcher.started -= 600
     assert watcher() == "update 5, loss 7.567, 20.0 min left"
+
+
+def test_a_resumed_log_counts_from_where_this_run_starts(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(TRAIN_INNER.format(update=100))  # the run before the resume
+    watcher = TrainingWatcher(str(log), max_updates=1000)
+    assert watcher() is None
+    with open(log, "a") as handle:
+        handle.write(TRAIN_INNER.format(update=150))
+    assert watcher() == "update 150/1000, loss 7.567"
+    watcher.started -= 60  # 100 updates of this run in a minute: the 750 left take 7.5 minutes
+    with open(log, "a") as handle:
+        handle.write(TRAIN_INNER.format(update=250))
+    assert watcher() == "update 250/1000, loss 7.567, about 7.5 min left"
+
+
+def test_a_stale_output_is_skipped_until_the_new_run_rewrites_it(tmp_path):
+    output = tmp_path / "generate-test.txt.tmp"
+    output.write_text("H-1\t-0.1\told\n" * 5)  # left by an interrupted generation
+    watcher = GenerationWatcher(str(output), total=10)
+    assert watcher() is None
+    output.write_text("H-1\t-0.1\tnew\n")  # the new run truncates it
+    assert watcher().startswith("1/10 sentences")
 
 
 def test_generation_status_counts_hypotheses(tmp_path):
