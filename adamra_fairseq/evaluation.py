@@ -6,6 +6,13 @@ Reads the hypotheses (``H-<id>`` lines, BPE already removed by
 ``--remove-bpe``), checks that every sentence of the subset got exactly one,
 detokenises them the way the data was tokenised (``preprocessing.json``
 written by the recipes) and prints BLEU and chrF with their signatures.
+
+On a document corpus (``paragraph_separator`` in ``preprocessing.json``) it
+also scores the paragraphs split back out of each segment and, where the
+data-bin has ``SUBSET.tokens``, each segment-length bucket. A hypothesis
+with fewer paragraphs than its reference is padded with empty paragraphs,
+one with more has its surplus joined to its last paragraph, and the number
+of such segments is reported.
 """
 
 import argparse
@@ -59,6 +66,57 @@ def detokenize(lines: List[str], tokenizer: str, lang: str) -> List[str]:
     return lines
 
 
+def _scores(hypotheses: List[str], references: List[str], lowercase: bool) -> dict:
+    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
+    return {
+        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
+        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def paired_paragraphs(hypothesis: str, reference: str, separator: str) -> List[tuple]:
+    """``(hypothesis paragraph, reference paragraph)`` pairs of one segment.
+
+    Missing hypothesis paragraphs are empty; surplus ones are joined to the
+    last paragraph, so every reference paragraph is scored exactly once.
+    """
+    wanted = [part.strip() for part in reference.split(separator)]
+    got = [part.strip() for part in hypothesis.split(separator)]
+    if len(got) > len(wanted):
+        got = got[: len(wanted) - 1] + [" ".join(got[len(wanted) - 1:])]
+    got += [""] * (len(wanted) - len(got))
+    return list(zip(got, wanted))
+
+
+def document_scores(hypotheses: List[str], references: List[str], separator: str,
+                    lengths: List[int], lowercase: bool) -> dict:
+    """Paragraph-level scores and per-length-bucket segment scores of a document test set."""
+    pairs = [pair for hypothesis, reference in zip(hypotheses, references)
+             for pair in paired_paragraphs(hypothesis, reference, separator)]
+    mismatched = sum(hypothesis.count(separator) != reference.count(separator)
+                     for hypothesis, reference in zip(hypotheses, references))
+    result = {"paragraphs": {"count": len(pairs), "segments_with_other_paragraph_count": mismatched,
+                             **_scores([h for h, _ in pairs], [r for _, r in pairs], lowercase)}}
+    if lengths:
+        buckets = {}
+        low = 1
+        for high in (128, 256, 512, 1024, 2048, 4096, 8192):
+            chosen = [i for i, length in enumerate(lengths) if low <= length <= high]
+            if chosen:
+                scores = _scores([hypotheses[i] for i in chosen], [references[i] for i in chosen], lowercase)
+                buckets[f"{low}-{high}"] = {"segments": len(chosen), "bleu": scores["bleu"], "chrf": scores["chrf"]}
+            low = high + 1
+        result["length_buckets"] = buckets
+    return result
+
+
+def _read_lines(path: str) -> List[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle]
+
+
 def evaluate(data_bin: str, subset: str, generate_output: str) -> dict:
     """BLEU/chrF of one subset, with signatures and the test-set name."""
     config_path = os.path.join(data_bin, "preprocessing.json")
@@ -69,23 +127,24 @@ def evaluate(data_bin: str, subset: str, generate_output: str) -> dict:
     reference_path = os.path.join(data_bin, f"{subset}.ref.{config['target_lang']}")
     if not os.path.isfile(reference_path):
         raise EvaluationError(f"missing reference {reference_path}: is '{subset}' a test subset of {data_bin}?")
-    with open(reference_path, encoding="utf-8") as handle:
-        references = [line.rstrip("\n") for line in handle]
+    references = _read_lines(reference_path)
     hypotheses = ordered_hypotheses(read_hypotheses(generate_output), len(references), generate_output)
     hypotheses = detokenize(hypotheses, config["tokenizer"], config["target_lang"])
     lowercase = bool(config.get("lowercase"))
-    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
-    bleu_score = bleu.corpus_score(hypotheses, [references])
-    chrf_score = chrf.corpus_score(hypotheses, [references])
-    return {
+    result = {
         "subset": subset,
         "test_set": config.get("test_sets", {}).get(subset, subset),
         "sentences": len(references),
-        "bleu": round(bleu_score.score, 2),
-        "chrf": round(chrf_score.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
+        **_scores(hypotheses, references, lowercase),
     }
+    separator = config.get("paragraph_separator")
+    if separator:
+        lengths_path = os.path.join(data_bin, f"{subset}.tokens")
+        lengths = [int(line) for line in _read_lines(lengths_path)] if os.path.isfile(lengths_path) else []
+        if lengths and len(lengths) != len(references):
+            raise EvaluationError(f"{lengths_path} has {len(lengths)} lines for {len(references)} segments")
+        result.update(document_scores(hypotheses, references, separator, lengths, lowercase))
+    return result
 
 
 def main(argv=None) -> int:
@@ -104,6 +163,13 @@ def main(argv=None) -> int:
         return 2
     print(f"{result['test_set']} ({result['sentences']} sentences): "
           f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}")
+    if "paragraphs" in result:
+        paragraphs = result["paragraphs"]
+        print(f"  paragraphs split back out ({paragraphs['count']}; "
+              f"{paragraphs['segments_with_other_paragraph_count']} segments with another paragraph count): "
+              f"BLEU {paragraphs['bleu']:.2f}  chrF {paragraphs['chrf']:.2f}")
+        for bucket, scores in result.get("length_buckets", {}).items():
+            print(f"  segments of {bucket} tokens ({scores['segments']}): BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
     print(f"  BLEU signature: {result['bleu_signature']}")
     print(f"  chrF signature: {result['chrf_signature']}")
     if args.json:

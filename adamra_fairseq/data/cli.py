@@ -1,6 +1,9 @@
 """Command line for the corpus steps used by ``examples/translation/*.sh``.
 
     python -m adamra_fairseq.data debian --root EXTRACTED --out RAW_DIR
+    python -m adamra_fairseq.data debian-docs --root EXTRACTED --out RAW_DIR
+    python -m adamra_fairseq.data join-docs --langs de en --max-tokens N --measure BPE_PREFIX \
+        --pages PAGES [--stats JSON] IN_PREFIX OUT_PREFIX [IN_PREFIX OUT_PREFIX ...]
     python -m adamra_fairseq.data iwslt --orig EXTRACTED_DE_EN --out RAW_DIR
     python -m adamra_fairseq.data tokenize --lang de [--lowercase] IN OUT [IN OUT ...]
     python -m adamra_fairseq.data clean --langs de en IN_PREFIX OUT_PREFIX
@@ -16,7 +19,7 @@ import os
 import sys
 
 from .corpus import CorpusError, check_parallel, count_lines, split_pairs, write_parallel
-from . import ding, iwslt, libreoffice, text
+from . import ding, documents, iwslt, libreoffice, text
 
 LIBREOFFICE_EN = "usr/share/libreoffice/help/en-US"
 LIBREOFFICE_DE = "usr/share/libreoffice/help/de"
@@ -30,14 +33,20 @@ def _pairs_in_order(files):
     return list(zip(files[0::2], files[1::2]))
 
 
-def build_debian(root: str, out: str, valid_percent: float, test_percent: float) -> None:
-    """Writes train/valid/test-libreoffice/test-ding ``.de``/``.en`` files under ``out``."""
+def _libreoffice_roots(root: str):
+    """The English and German help folders under an extraction root; a clear error if missing."""
     en_root = os.path.join(root, LIBREOFFICE_EN)
     de_root = os.path.join(root, LIBREOFFICE_DE)
-    ding_path = os.path.join(root, DING_FILE)
     for required in (en_root, de_root):
         if not os.path.isdir(required):
             raise CorpusError(f"missing directory: {required} (extract libreoffice-help-en-us and libreoffice-help-de there)")
+    return en_root, de_root
+
+
+def build_debian(root: str, out: str, valid_percent: float, test_percent: float) -> None:
+    """Writes train/valid/test-libreoffice/test-ding ``.de``/``.en`` files under ``out``."""
+    en_root, de_root = _libreoffice_roots(root)
+    ding_path = os.path.join(root, DING_FILE)
     count_lines(ding_path)
     office = split_pairs(
         libreoffice.aligned_pairs(en_root, de_root), valid_percent, test_percent
@@ -60,6 +69,18 @@ def build_debian(root: str, out: str, valid_percent: float, test_percent: float)
     )
 
 
+def build_debian_documents(root: str, out: str, valid_percent: float, test_percent: float) -> None:
+    """Writes the help paragraphs in page order: ``SPLIT.de``, ``SPLIT.en``, ``SPLIT.page`` under ``out``."""
+    en_root, de_root = _libreoffice_roots(root)
+    splits = documents.split_pages(libreoffice.aligned_pairs(en_root, de_root), valid_percent, test_percent)
+    os.makedirs(out, exist_ok=True)
+    for name, paragraphs in splits.items():
+        documents.write_paragraphs(paragraphs, os.path.join(out, name), "de", "en")
+    print("paragraphs: " + ", ".join(
+        f"{name} {len(paragraphs)} ({len({page for page, _, _ in paragraphs})} pages)"
+        for name, paragraphs in splits.items()))
+
+
 def build_iwslt(orig: str, out: str) -> None:
     """Writes train/valid/test ``.de``/``.en`` files of IWSLT'14 under ``out``."""
     os.makedirs(out, exist_ok=True)
@@ -78,6 +99,21 @@ def main(argv=None) -> int:
     debian.add_argument("--out", required=True, help="output folder for the raw split files")
     debian.add_argument("--valid-percent", type=float, default=3.0)
     debian.add_argument("--test-percent", type=float, default=5.0)
+
+    debian_docs = commands.add_parser("debian-docs", help="LibreOffice help paragraphs in page order, split by page")
+    debian_docs.add_argument("--root", required=True, help="folder the .deb files were extracted into (dpkg-deb -x)")
+    debian_docs.add_argument("--out", required=True, help="output folder for the raw paragraph files")
+    debian_docs.add_argument("--valid-percent", type=float, default=3.0)
+    debian_docs.add_argument("--test-percent", type=float, default=5.0)
+
+    join_docs = commands.add_parser("join-docs", help="join consecutive paragraphs of a page into segments")
+    join_docs.add_argument("--langs", nargs=2, required=True, metavar=("SRC", "TGT"))
+    join_docs.add_argument("--max-tokens", type=int, required=True, help="tokens per segment at most (longer side)")
+    join_docs.add_argument("--measure", required=True, metavar="PREFIX",
+                           help="subword-segmented paragraphs whose token counts fix the segments")
+    join_docs.add_argument("--pages", required=True, help="one page name per paragraph line")
+    join_docs.add_argument("--stats", help="write the segment statistics (lengths) to this JSON file")
+    join_docs.add_argument("files", nargs="+", metavar="IN OUT")
 
     iwslt_parser = commands.add_parser("iwslt", help="IWSLT'14 de-en raw splits from the extracted archive")
     iwslt_parser.add_argument("--orig", required=True, help="the extracted de-en folder of de-en.tgz")
@@ -113,6 +149,16 @@ def main(argv=None) -> int:
     try:
         if args.command == "debian":
             build_debian(args.root, args.out, args.valid_percent, args.test_percent)
+        elif args.command == "debian-docs":
+            build_debian_documents(args.root, args.out, args.valid_percent, args.test_percent)
+        elif args.command == "join-docs":
+            stats = documents.join_documents(args.measure, args.pages, args.langs, args.max_tokens,
+                                             _pairs_in_order(args.files))
+            print(f"{args.measure}: {stats['paragraphs']} paragraphs of {stats['pages']} pages -> "
+                  f"{stats['segments']} segments of at most {args.max_tokens} tokens "
+                  f"(mean {stats['mean_tokens']}, {stats['dropped_paragraphs']} longer paragraphs dropped)")
+            if args.stats:
+                documents.write_stats(stats, args.stats)
         elif args.command == "iwslt":
             build_iwslt(args.orig, args.out)
         elif args.command == "tokenize":

@@ -21,20 +21,23 @@ need_tool() {
         || die "missing tool '$1': run 'make venv' in $REPO_ROOT (or activate the environment that has it)"
 }
 
-# parse_recipe_options EXTRA_FLAG EXTRA_VAR "$@": the options every recipe takes
-#   (--out DIR, --spm, --bpe-size N, --help) plus one recipe-specific flag with a
-#   value, stored in the variable named EXTRA_VAR. Sets OUT, KIND and SIZE
+# parse_recipe_options [FLAG VAR ...] -- "$@": the options every recipe takes
+#   (--out DIR, --spm, --bpe-size N, --help) plus recipe-specific flags with a
+#   value, each stored in the variable named after it. Sets OUT, KIND and SIZE
 #   (defaults from the caller).
 parse_recipe_options() {
-    local extra_flag="$1" extra_var="$2"; shift 2
+    local -A extra=()
+    while [ "$1" != -- ]; do extra["$1"]="$2"; shift 2; done
+    shift
     while [ $# -gt 0 ]; do
         case "$1" in
             --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
             --spm) KIND=spm; shift ;;
             --bpe-size) SIZE="${2:?--bpe-size needs a number}"; shift 2 ;;
             -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-            "$extra_flag") printf -v "$extra_var" '%s' "${2:?$extra_flag needs a value}"; shift 2 ;;
-            *) die "unknown option '$1' (see --help)" ;;
+            *)
+                [ -n "${extra[$1]+set}" ] || die "unknown option '$1' (see --help)"
+                printf -v "${extra[$1]}" '%s' "${2:?$1 needs a value}"; shift 2 ;;
         esac
     done
     [[ "$SIZE" =~ ^[1-9][0-9]*$ ]] || die "--bpe-size '$SIZE' is not a positive integer"
@@ -85,12 +88,20 @@ clean_train() {
 # learn_apply_bpe IN_DIR SRC TGT NUM_OPS SPLITS... OUT_DIR: joint subword-nmt BPE (codes in OUT_DIR/bpecodes).
 learn_apply_bpe() {
     local in_dir="$1" src="$2" tgt="$3" ops="$4"; shift 4
-    local out_dir="${*: -1}" splits=("${@:1:$#-1}") lang split
+    local out_dir="${*: -1}"
     need_tool subword-nmt
     cat "$in_dir/train.$src" "$in_dir/train.$tgt" | subword-nmt learn-bpe -s "$ops" > "$out_dir/bpecodes"
+    apply_bpe "$out_dir/bpecodes" "$in_dir" "$src" "$tgt" "$@"
+}
+
+# apply_bpe CODES IN_DIR SRC TGT SPLITS... OUT_DIR: applies existing subword-nmt codes.
+apply_bpe() {
+    local codes="$1" in_dir="$2" src="$3" tgt="$4"; shift 4
+    local out_dir="${*: -1}" splits=("${@:1:$#-1}") lang split
+    need_tool subword-nmt
     for split in "${splits[@]}"; do
         for lang in "$src" "$tgt"; do
-            subword-nmt apply-bpe -c "$out_dir/bpecodes" < "$in_dir/$split.$lang" > "$out_dir/$split.$lang"
+            subword-nmt apply-bpe -c "$codes" < "$in_dir/$split.$lang" > "$out_dir/$split.$lang"
         done
     done
 }
@@ -109,7 +120,9 @@ learn_apply_spm() {
 # binarize SEG_DIR RAW_DIR SRC TGT TOKENIZER BPE LOWERCASE TESTSETS OUT_DIR
 #   TESTSETS: comma list of test split names; fairseq calls them test, test1, ...
 #   Writes the fairseq data-bin plus what evaluation needs: the BPE model,
-#   raw references (SUBSET.ref.TGT) and preprocessing.json.
+#   raw references (SUBSET.ref.TGT) and preprocessing.json; SEG_DIR/NAME.tokens
+#   (segment lengths of a document corpus) are copied as SUBSET.tokens, and
+#   $PREPROCESSING_EXTRA (JSON members) is added to preprocessing.json.
 binarize() {
     local seg_dir="$1" raw_dir="$2" src="$3" tgt="$4" tokenizer="$5" bpe="$6" lower="$7" tests="$8" out_dir="$9"
     local testpref="" name subset index=0 names=()
@@ -126,12 +139,13 @@ binarize() {
         subset="test"; [ "$index" -gt 0 ] && subset="test$index"
         cp "$raw_dir/$name.$tgt" "$out_dir/$subset.ref.$tgt"
         cp "$raw_dir/$name.$src" "$out_dir/$subset.raw.$src"
+        [ -f "$seg_dir/$name.tokens" ] && cp "$seg_dir/$name.tokens" "$out_dir/$subset.tokens"
         test_json+="${test_json:+, }\"$subset\": \"$name\""
         index=$((index + 1))
     done
     cat > "$out_dir/preprocessing.json" <<JSON
 {"source_lang": "$src", "target_lang": "$tgt", "tokenizer": "$tokenizer", "bpe": "$bpe",
- "lowercase": $([ "$lower" = 1 ] && echo true || echo false), "test_sets": {$test_json}}
+ "lowercase": $([ "$lower" = 1 ] && echo true || echo false), "test_sets": {$test_json}${PREPROCESSING_EXTRA:+, $PREPROCESSING_EXTRA}}
 JSON
 }
 

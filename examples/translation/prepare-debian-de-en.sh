@@ -4,19 +4,28 @@
 #   trans-de-en                                    (Ding dictionary example sentences, GPL-2+)
 # Split by help file / German headword, Moses tokenisation, joint BPE, fairseq-preprocess.
 #
-# usage: prepare-debian-de-en.sh [--out DIR] [--debs DIR] [--spm] [--bpe-size N]
-#   --out DIR     work folder (default data/debian-de-en); data-bin lands in DIR/data-bin
-#   --debs DIR    folder that already holds the three .deb files (default: download them with apt-get)
-#   --spm         SentencePiece on raw text instead of Moses + subword-nmt
-#   --bpe-size N  BPE merges / SentencePiece vocabulary (default 8000)
+# usage: prepare-debian-de-en.sh [--out DIR] [--debs DIR] [--spm] [--bpe-size N] [--doc-max-tokens N]
+#   --out DIR             work folder (default data/debian-de-en); data-bin lands in DIR/data-bin
+#   --debs DIR            folder that already holds the three .deb files (default: download them with apt-get)
+#   --spm                 SentencePiece on raw text instead of Moses + subword-nmt
+#   --bpe-size N          BPE merges / SentencePiece vocabulary (default 8000)
+#   --doc-max-tokens N    also build the document corpus (e.g. 256, 1024, 4096): consecutive
+#                         help paragraphs of one page joined by " ¶ " into segments of at most N
+#                         BPE tokens, same BPE codes and page split as the sentence corpus;
+#                         data-bin in DIR/docs-N/data-bin, segment lengths in DIR/docs-N/segments/*.stats.json
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 OUT="data/debian-de-en"
 DEBS=""
+DOC_MAX_TOKENS=""
 KIND=bpe
 SIZE=8000
 PACKAGES=(libreoffice-help-en-us libreoffice-help-de trans-de-en)
-parse_recipe_options --debs DEBS "$@"
+parse_recipe_options --debs DEBS --doc-max-tokens DOC_MAX_TOKENS -- "$@"
+if [ -n "$DOC_MAX_TOKENS" ]; then
+    [[ "$DOC_MAX_TOKENS" =~ ^[1-9][0-9]*$ ]] || die "--doc-max-tokens '$DOC_MAX_TOKENS' is not a positive integer"
+    [ "$KIND" = bpe ] || die "--doc-max-tokens works with the Moses + BPE pipeline only: drop --spm"
+fi
 
 fetch_debs() {  # into $1
     if [ -n "$DEBS" ]; then
@@ -47,3 +56,30 @@ for name in train valid test-libreoffice test-ding; do
     data_cli check-parallel --langs de en "$OUT/raw/$name"
 done
 segment_and_binarize "$OUT/raw" "$OUT" de en 0 "$KIND" "$SIZE" test-libreoffice,test-ding
+[ -n "$DOC_MAX_TOKENS" ] || exit 0
+
+# The document corpus: paragraphs in page order, tokenised and BPE'd with the
+# sentence corpus's codes, then joined into segments of at most N tokens.
+DOC_SPLITS=(train valid test-libreoffice)
+raw_paragraphs() {  # $1 = out
+    data_cli debian-docs --root "$OUT/extracted" --out "$1"
+}
+
+join_segments() {  # $1 = out: BPE segments, raw segments (references) under raw/
+    local split
+    mkdir -p "$1/raw"
+    for split in "${DOC_SPLITS[@]}"; do
+        data_cli join-docs --langs de en --max-tokens "$DOC_MAX_TOKENS" --measure "$OUT/docs/bpe/$split" \
+            --pages "$OUT/docs/raw/$split.page" --stats "$1/$split.stats.json" \
+            "$OUT/docs/bpe/$split" "$1/$split" "$OUT/docs/raw/$split" "$1/raw/$split"
+    done
+}
+
+step "$OUT/docs/raw" raw_paragraphs
+step "$OUT/docs/tok" tokenize_splits "$OUT/docs/raw" de en 0 "${DOC_SPLITS[@]}"
+step "$OUT/docs/bpe" apply_bpe "$OUT/bpe/bpecodes" "$OUT/docs/tok" de en "${DOC_SPLITS[@]}"
+DOCS="$OUT/docs-$DOC_MAX_TOKENS"
+step "$DOCS/segments" join_segments
+PREPROCESSING_EXTRA='"paragraph_separator": "¶", "max_tokens": '"$DOC_MAX_TOKENS" \
+    step "$DOCS/data-bin" binarize "$DOCS/segments" "$DOCS/segments/raw" de en moses subword_nmt 0 test-libreoffice
+echo "document data: $DOCS/data-bin"

@@ -17,7 +17,7 @@ OUT="data/iwslt14-de-en"
 ARCHIVE=""
 KIND=bpe
 SIZE=10000
-parse_recipe_options --archive ARCHIVE "$@"
+parse_recipe_options --archive ARCHIVE -- "$@"
 [ -z "$ARCHIVE" ] || [ -s "$ARCHIVE" ] || die "missing or empty archive: $ARCHIVE"
 
 download() {  # $1 = out
