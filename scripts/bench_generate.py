@@ -1,13 +1,16 @@
 """Decoding speed: randomly initialised transformer vs adamra_transformer of the same size, through
 fairseq's SequenceGenerator (beam search with incremental decoding).
 
-usage: python scripts/bench_generate.py [--quick] [--threads 2] [--size tiny|iwslt] [--out results/bench_generate]
+usage: python scripts/bench_generate.py [--quick] [--threads 2] [--size tiny|small|iwslt]
+                                       [--output-lengths L,...] [--source-lengths S,...] [--out results/bench_generate]
 
 Two sweeps, each point in a fresh forked process:
   output length: source length fixed (--source-len), output forced to exactly L tokens
-                 (min_len = max_len = L), L in 16 .. 1024: tokens/s, step time by position, peak memory;
-  source length: output fixed (--fixed-output-len), source S in 16 .. 1024: time per step
-                 (the cross-attention cost: AdaMRA caches per-head summaries, softmax reads all S keys).
+                 (min_len = max_len = L), L in 16 .. 1024 (or --output-lengths): tokens/s, step time
+                 by position, peak memory;
+  source length: output fixed (--fixed-output-len), source S in 16 .. 1024 (or --source-lengths; an
+                 empty list skips it): time per step (the cross-attention cost: AdaMRA caches per-head
+                 summaries, softmax reads all S keys).
 Memory is the growth of the process's peak resident set over its resident set before the point.
 """
 
@@ -35,7 +38,7 @@ FULL_OUTPUT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 QUICK_OUTPUT_LENGTHS = (16, 64, 256)
 FULL_SOURCE_LENGTHS = (16, 64, 256, 1024)
 QUICK_SOURCE_LENGTHS = (16, 256)
-REPORT_POSITIONS = (1, 16, 64, 256, 512, 1024)
+REPORT_POSITIONS = (1, 16, 64, 256, 512, 1024, 2048, 4096)
 
 
 class _Task:
@@ -57,6 +60,8 @@ def build_model(kind, size, vocab, max_positions, preset):
         dictionary.add_symbol(f"w{index}")
     arch = {("transformer", "tiny"): "transformer_adamra_tiny_baseline",
             ("adamra", "tiny"): "adamra_transformer_tiny",
+            ("transformer", "small"): "transformer_adamra_small_baseline",
+            ("adamra", "small"): "adamra_transformer_small",
             ("transformer", "iwslt"): "transformer_iwslt_de_en",
             ("adamra", "iwslt"): "adamra_transformer_iwslt_de_en"}[(kind, size)]
     args = Namespace(arch=arch, max_source_positions=max_positions, max_target_positions=max_positions,
@@ -103,18 +108,32 @@ def decode_point(kind, source_len, output_len, beam, args):
 
 
 def in_child(function, *function_args):
+    """``function(*function_args)`` in a forked process (a clean peak resident set); its error if it fails."""
     import multiprocessing
+    import queue as queues
+    import traceback
 
     context = multiprocessing.get_context("fork")
-    queue = context.Queue()
+    results = context.Queue()
 
     def target():
-        queue.put(function(*function_args))
+        try:
+            results.put(("ok", function(*function_args)))
+        except BaseException:  # reported in the parent, which would otherwise wait forever
+            results.put(("error", traceback.format_exc()))
 
     process = context.Process(target=target)
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            status, result = results.get(timeout=5)
+            break
+        except queues.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"benchmark process died (exit code {process.exitcode}) without a result")
     process.join()
+    if status == "error":
+        raise RuntimeError(f"benchmark process failed:\n{result}")
     return result
 
 
@@ -148,11 +167,23 @@ def plot(results, path):
     figure.savefig(path, dpi=110)
 
 
+def _lengths(text):
+    """``"16,64"`` -> (16, 64); ``""`` -> (); an argparse error for anything else."""
+    try:
+        lengths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of lengths, e.g. 256,1024")
+    if any(length < 1 for length in lengths):
+        raise argparse.ArgumentTypeError(f"lengths must be positive: '{text}'")
+    return lengths
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--size", choices=("tiny", "iwslt"), default="iwslt",
-                        help="model sizes: tiny (128-d, 2+2) or iwslt (512-d, 6+6, 4 heads)")
+    parser.add_argument("--size", choices=("tiny", "small", "iwslt"), default="iwslt",
+                        help="model sizes: tiny (128-d, 2+2), small (256-d, 3+3, 4 heads of 64) or iwslt "
+                             "(512-d, 6+6, 4 heads)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
                         help="AdaMRA's kernel settings (docs/method.md, Presets); default: the model's default")
@@ -161,11 +192,16 @@ def main():
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--source-len", type=int, default=32)
     parser.add_argument("--fixed-output-len", type=int, default=64)
+    parser.add_argument("--output-lengths", type=_lengths, help="comma list replacing the output-length sweep")
+    parser.add_argument("--source-lengths", type=_lengths,
+                        help="comma list replacing the source-length sweep; '' skips it")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_generate"))
     args = parser.parse_args()
     beams = [int(b) for b in args.beams.split(",")]
-    output_lengths = QUICK_OUTPUT_LENGTHS if args.quick else FULL_OUTPUT_LENGTHS
-    source_lengths = QUICK_SOURCE_LENGTHS if args.quick else FULL_SOURCE_LENGTHS
+    output_lengths = args.output_lengths or (QUICK_OUTPUT_LENGTHS if args.quick else FULL_OUTPUT_LENGTHS)
+    source_lengths = args.source_lengths
+    if source_lengths is None:
+        source_lengths = QUICK_SOURCE_LENGTHS if args.quick else FULL_SOURCE_LENGTHS
 
     import logging
 
@@ -191,7 +227,8 @@ def main():
                 print(f"{kind:>12} {beam:>4} {length:>7} {point['tokens_per_s']:>9.1f} {point['peak_mb']:>8.0f}  "
                       + " ".join("-" if v is None else f"{v:.2f}" for v in at), flush=True)
             output_sweep[(kind, beam)] = points
-    print(f"\nsource-length sweep (output {args.fixed_output_len} tokens, beam {beams[-1]}): mean step ms")
+    if source_lengths:
+        print(f"\nsource-length sweep (output {args.fixed_output_len} tokens, beam {beams[-1]}): mean step ms")
     source_sweep = {}
     for kind in MODELS:
         source_sweep[kind] = []

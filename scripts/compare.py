@@ -18,6 +18,12 @@ finished run trained with other flags is never reused (the script stops).
 Every ``--adamra-*`` flag (e.g. ``--adamra-feature-map hedgehog
 --adamra-cross-rates 1``) goes to the AdaMRA model's training unchanged.
 
+On a document corpus (``prepare-debian-de-en.sh --doc-max-tokens N``; its
+``preprocessing.json`` names the paragraph separator and N) both models get
+position limits above N and batches of at least N + 16 tokens, and the
+report adds the scores of the paragraphs split back out of each segment and
+of each segment-length bucket.
+
 ``--finetune-from DIR`` (a finished compare.py folder) skips training the
 transformer: each seed's AdaMRA model starts from DIR's trained transformer
 of that seed (converted with ``python -m adamra_fairseq.convert``) and is
@@ -190,7 +196,9 @@ def main():
                              "models at 1000 updates: docs/results.md)")
     parser.add_argument("--warmup-updates", default="200")
     parser.add_argument("--dropout", default="0.1")
-    parser.add_argument("--max-tokens", default="4096")
+    parser.add_argument("--max-tokens", type=int,
+                        help="tokens per batch, training and generation (default 4096; on a document corpus at "
+                             "least its segment cap + 16)")
     parser.add_argument("--validate-interval-updates", default="200")
     parser.add_argument("--models", default="transformer,adamra",
                         help="comma list of the models to train (default both): e.g. transformer alone, as the "
@@ -222,6 +230,19 @@ def main():
     with open(os.path.join(args.data_bin, "preprocessing.json")) as handle:
         corpus = json.load(handle)
     test_sets, target_lang = corpus["test_sets"], corpus["target_lang"]
+    segment_cap = corpus.get("max_tokens") if corpus.get("paragraph_separator") else None
+    length_flags, generate_flags = [], []
+    if segment_cap:  # a document corpus: room for its longest segment (+ end of sentence) in positions and batches
+        room = segment_cap + 16
+        length_flags = ["--max-source-positions", str(room), "--max-target-positions", str(room)]
+        args.max_tokens = args.max_tokens or max(4096, room)
+        if args.max_tokens < room:
+            fail(f"--max-tokens {args.max_tokens} cannot hold a {segment_cap}-token segment of {args.data_bin}: "
+                 f"use at least {room}")
+        generate_flags = ["--max-tokens", str(args.max_tokens)]
+    args.max_tokens = args.max_tokens or 4096
+    if args.max_tokens < 1:
+        fail(f"--max-tokens {args.max_tokens} must be >= 1")
     args.data_bin = os.path.abspath(args.data_bin)
     out = os.path.abspath(args.out or os.path.join(REPO_ROOT, "results", "compare-" + datetime.now().strftime("%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
@@ -256,8 +277,8 @@ def main():
             save_dir = parent_dir or os.path.join(os.path.abspath(args.transformer_from), model, f"seed{seed}")
         command = ["bash", "scripts/train.sh", args.data_bin, save_dir, "--arch", arch, "--seed", str(seed),
                    "--lr", args.lr, "--warmup-updates", args.warmup_updates, "--dropout", args.dropout,
-                   "--max-tokens", args.max_tokens, "--validate-interval-updates", args.validate_interval_updates,
-                   "--no-epoch-checkpoints", "--log-interval", "50", *budget_flags]
+                   "--max-tokens", str(args.max_tokens), "--validate-interval-updates", args.validate_interval_updates,
+                   "--no-epoch-checkpoints", "--log-interval", "50", *budget_flags, *length_flags]
         if args.heads:
             command += ["--encoder-attention-heads", str(args.heads), "--decoder-attention-heads", str(args.heads)]
         if model == "adamra":
@@ -285,7 +306,7 @@ def main():
         for subset, name in test_sets.items():
             generate_log = os.path.join(save_dir, f"generate-{subset}.log")
             generate = ["bash", "scripts/generate.sh", args.data_bin, os.path.join(save_dir, "checkpoint_last.pt"),
-                        subset, "--max-len-a", "1.2", "--max-len-b", "10"]
+                        subset, "--max-len-a", "1.2", "--max-len-b", "10", *generate_flags]
             watcher = GenerationWatcher(os.path.join(save_dir, f"generate-{subset}.txt.tmp"),
                                         count_lines(os.path.join(args.data_bin, f"{subset}.ref.{target_lang}")))
             measured = run_step(save_dir, f"generate-{subset}", generate, generate_log, env,
@@ -329,6 +350,7 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
                      f"| {fmt(*mean_spread([r['train_wps'] for r in records]), digits=0)} "
                      f"| {fmt(*mean_spread([r['train_peak_mb'] for r in records]), digits=0)} "
                      f"| {fmt(*gen_speed, digits=0)} | {fmt(*gen_peak, digits=0)} |")
+    lines += document_lines(runs, test_sets)
     first = next(iter(next(iter(runs.values())).values()))
     signature = next(iter(first["tests"].values()))
     lines += ["", f"sacreBLEU signatures: BLEU `{signature['bleu_signature']}`, chrF `{signature['chrf_signature']}`.",
@@ -341,6 +363,37 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
     plot(out, runs, test_sets)
     print("\n" + report)
     print(f"wrote {out}/report.md, results.json, loss_curves.png, bleu_per_seed.png")
+
+
+def document_lines(runs, test_sets):
+    """Report rows of a document corpus: paragraphs split back out, and segment-length buckets."""
+    lines = []
+    for name in test_sets.values():
+        records = [(model, seed, record["tests"][name]) for model, by_seed in runs.items()
+                   for seed, record in by_seed.items() if "paragraphs" in record["tests"][name]]
+        if not records:
+            continue
+        lines += ["", f"{name}, paragraphs split back out of the segments (a hypothesis with fewer paragraphs is "
+                  "padded with empty ones, surplus ones join its last):", "",
+                  "| model | seed | paragraphs | segments with another paragraph count | BLEU | chrF |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for model, seed, scores in records:
+            paragraphs = scores["paragraphs"]
+            lines.append(f"| {model} | {seed} | {paragraphs['count']} | "
+                         f"{paragraphs['segments_with_other_paragraph_count']} / {scores['sentences']} | "
+                         f"{paragraphs['bleu']:.2f} | {paragraphs['chrf']:.2f} |")
+        buckets = sorted({bucket for _, _, scores in records for bucket in scores.get("length_buckets", {})},
+                         key=lambda bucket: int(bucket.split("-")[0]))
+        if buckets:
+            lines += ["", f"{name}, whole segments by length in tokens, the longer side (BLEU / chrF, segments):", "",
+                      "| model | seed | " + " | ".join(buckets) + " |", "|---|---:|" + "---:|" * len(buckets)]
+            for model, seed, scores in records:
+                cells = []
+                for bucket in buckets:
+                    found = scores.get("length_buckets", {}).get(bucket)
+                    cells.append(f"{found['bleu']:.2f} / {found['chrf']:.2f} ({found['segments']})" if found else "-")
+                lines.append(f"| {model} | {seed} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(out, runs, test_sets):

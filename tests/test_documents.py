@@ -113,3 +113,50 @@ def test_prepare_script_validates_the_document_options(tmp_path):
                           (["--doc-max-tokens", "256", "--spm"], "Moses + BPE pipeline only")):
         result = run(["bash", script, "--out", str(tmp_path / "w"), *args], check=False)
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_document_corpus_trains_generates_and_scores_split_paragraphs(tmp_path):
+    """The document steps of the recipe on a toy corpus, then scripts/compare.py (AdaMRA only, a few updates)."""
+    import sys
+
+    from conftest import synthetic_pairs
+
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    raw.mkdir()
+    work.mkdir()
+    for name, count, seed in (("train", 300, 1), ("valid", 24, 2), ("test-toy", 30, 3)):
+        pairs = synthetic_pairs(count, seed)
+        write(raw / f"{name}.de", "".join(de + "\n" for de, _ in pairs))
+        write(raw / f"{name}.en", "".join(en + "\n" for _, en in pairs))
+        write(raw / f"{name}.page", "".join(f"page{i // 6}\n" for i in range(count)))  # 6 paragraphs a page
+    splits = "train valid test-toy"
+    script = f"""source {REPO_ROOT}/examples/translation/common.sh
+        step {work}/tok tokenize_splits {raw} de en 0 {splits}
+        step {work}/bpe learn_apply_bpe {work}/tok de en 60 {splits}
+        mkdir -p {work}/seg/raw
+        for s in {splits}; do
+            data_cli join-docs --langs de en --max-tokens 40 --measure {work}/bpe/$s --pages {raw}/$s.page \\
+                {work}/bpe/$s {work}/seg/$s {raw}/$s {work}/seg/raw/$s
+        done
+        PREPROCESSING_EXTRA='"paragraph_separator": "¶", "max_tokens": 40' \\
+            step {work}/data-bin binarize {work}/seg {work}/seg/raw de en moses subword_nmt 0 test-toy"""
+    run(["bash", "-c", script])
+    data_bin = work / "data-bin"
+    config = json.loads((data_bin / "preprocessing.json").read_text())
+    assert config["paragraph_separator"] == "¶" and config["max_tokens"] == 40
+    segments = (data_bin / "test.ref.en").read_text().splitlines()
+    assert len((data_bin / "test.tokens").read_text().split()) == len(segments)
+    assert "¶" in (data_bin / "dict.en.txt").read_text()  # the separator is one vocabulary item
+
+    out = tmp_path / "compare"
+    result = run([sys.executable, "scripts/compare.py", "--data-bin", str(data_bin), "--models", "adamra",
+                  "--seeds", "1", "--max-update", "3", "--warmup-updates", "2", "--threads", "1",
+                  "--adamra-rates", "1,2", "--heads", "2", "--out", str(out)])
+    scores = json.loads((out / "results.json").read_text())["runs"]["adamra"]["1"]["tests"]["test-toy"]
+    assert scores["sentences"] == len(segments)
+    assert scores["paragraphs"]["count"] == 30  # every reference paragraph scored once
+    assert 0 <= scores["paragraphs"]["segments_with_other_paragraph_count"] <= len(segments)
+    assert sum(bucket["segments"] for bucket in scores["length_buckets"].values()) == len(segments)
+    assert "paragraphs split back out" in result.stdout
+    train_log = (out / "adamra" / "seed1" / "train.log").read_text()
+    assert "max_source_positions=56" in train_log and "max_tokens=4096" in train_log
