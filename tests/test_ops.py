@@ -29,9 +29,10 @@ def left_padding_mask(lengths, total):
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("feature_map", [elu_plus_one, relu, FEATURE_MAPS["dpfp2"]])
+@pytest.mark.parametrize("feature_map", [elu_plus_one, relu, FEATURE_MAPS["dpfp2"], taylor2])
 @pytest.mark.parametrize("form", ["state", "quadratic"])
 def test_bidirectional_matches_naive_on_left_padded_batches(rate, feature_map, form):
+    """(taylor2's quadratic form takes its weights from q.kbar without building the features.)"""
     q, k, v = random_qkv(length=11, src_len=13)
     mask = left_padding_mask([13, 7, 1], 13)
     expected = naive_adamra_attention(q, k, v, [rate] * 2, mask, feature_map=feature_map)
@@ -44,6 +45,9 @@ def test_bidirectional_form_choice_follows_the_multiply_adds():
     assert quadratic_is_cheaper(queries=30, blocks=30, features=128, value_width=64)
     # long inputs: the state is the linear-cost order
     assert not quadratic_is_cheaper(queries=4096, blocks=4096, features=128, value_width=64)
+    # taylor2 (F = 1 + N + N(N+1)/2): its weights come from q.kbar, N wide, so it stays quadratic far longer
+    assert quadratic_is_cheaper(queries=256, blocks=256, features=561, value_width=32, pair_width=32)
+    assert not quadratic_is_cheaper(queries=256, blocks=256, features=561, value_width=32)
     with pytest.raises(ValueError, match="unknown form"):
         bidirectional_attention(*random_qkv(), rate=1, form="fast")
 

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .feature_maps import FeatureMap, elu_plus_one
+from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one
 from .padding import gather_time, has_padding, left_align_order, real_lengths
 from .pooling import block_means
 
@@ -50,21 +50,21 @@ def normalise(numerator_with_sum: torch.Tensor, eps: float, divide: bool = True)
 FORMS = ("auto", "state", "quadratic")
 
 
-def pooled_features(
+def pooled_keys_values(
     k: torch.Tensor,
     v: torch.Tensor,
     rate: int,
     key_padding_mask: Optional[torch.Tensor] = None,
-    feature_map: FeatureMap = elu_plus_one,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Features of the block-mean keys and the block-mean values with a column of ones.
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """Block-mean keys, which blocks hold tokens, and block-mean values with a column of ones.
 
     Args:
         k: ``(B, h, S, N)``; v: ``(B, h, S, Dv)``.
         key_padding_mask: ``(B, S)``, True = pad, or None.
     Returns:
-        ``phi(kbar)`` ``(B, h, M, F)`` (zero for blocks past a row's end) and
-        ``[vbar | 1]`` ``(B, h, M, Dv + 1)``, both in the accumulation dtype.
+        ``kbar`` ``(B, h, M, N)``, ``(B, 1, 1, M)`` 1/0 weights of the blocks that hold a
+        token (None without padding: all do) and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
+        in the accumulation dtype.
     """
     batch, _, seq_len, _ = k.shape
     padded = has_padding(key_padding_mask)
@@ -75,10 +75,33 @@ def pooled_features(
     acc = accumulation_dtype(k.dtype)
     k_mean, sizes = block_means(k.to(acc), lengths, rate, padded)
     v_mean, _ = block_means(v.to(acc), lengths, rate, padded)
+    filled = (sizes > 0)[:, None, None, :].to(acc) if padded else None
+    return k_mean, filled, with_ones(v_mean)
+
+
+def pooled_features(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rate: int,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    feature_map: FeatureMap = elu_plus_one,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Features of the block-mean keys and the block-mean values with a column of ones.
+
+    Arguments as :func:`pooled_keys_values`. Returns ``phi(kbar)`` ``(B, h, M, F)``
+    (zero for blocks past a row's end) and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
+    both in the accumulation dtype.
+    """
+    k_mean, filled, values = pooled_keys_values(k, v, rate, key_padding_mask)
+    return block_features(feature_map, k_mean, filled), values
+
+
+def block_features(feature_map: FeatureMap, k_mean: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
+    """``phi(kbar)`` ``(B, h, M, F)``, zero for blocks that hold no token (``filled`` from :func:`pooled_keys_values`)."""
     phi_k = feature_map(k_mean)
-    if padded:  # blocks past a short row's end are empty and carry no weight
-        phi_k = phi_k * (sizes > 0)[:, None, :, None].to(acc)
-    return phi_k, with_ones(v_mean)
+    if filled is not None:  # blocks past a short row's end are empty and carry no weight
+        phi_k = phi_k * filled.transpose(2, 3)
+    return phi_k
 
 
 def kv_state(
@@ -93,9 +116,16 @@ def kv_state(
     return phi_k.transpose(2, 3) @ values
 
 
-def quadratic_is_cheaper(queries: int, blocks: int, features: int, value_width: int) -> bool:
-    """True if ``(phi(q) phi(kbar)^T) [vbar | 1]`` takes fewer multiply-adds than ``phi(q) [S | z]``."""
-    return queries * blocks * (features + value_width + 1) < (queries + blocks) * features * (value_width + 1)
+def quadratic_is_cheaper(
+    queries: int, blocks: int, features: int, value_width: int, pair_width: Optional[int] = None
+) -> bool:
+    """True if ``(phi(q) phi(kbar)^T) [vbar | 1]`` takes fewer multiply-adds than ``phi(q) [S | z]``.
+
+    ``pair_width``: multiply-adds per query-block weight (default ``features``; the
+    key width N when a dot-product kernel gives the weights from ``q.kbar``).
+    """
+    pair_width = features if pair_width is None else pair_width
+    return queries * blocks * (pair_width + value_width + 1) < (queries + blocks) * features * (value_width + 1)
 
 
 def attend_state(
@@ -132,10 +162,19 @@ def bidirectional_attention(
     """
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}: choose one of {', '.join(FORMS)}")
-    phi_k, values = pooled_features(k, v, rate, key_padding_mask, feature_map)
-    blocks, features = phi_k.shape[-2:]
+    k_mean, filled, values = pooled_keys_values(k, v, rate, key_padding_mask)
+    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
     if form == "auto":
-        form = "quadratic" if quadratic_is_cheaper(q.size(2), blocks, features, v.size(-1)) else "state"
+        features = feature_map(k_mean.new_zeros(1, k_mean.size(-1))).size(-1)
+        pair_width = k_mean.size(-1) if kernel is not None else features
+        cheaper = quadratic_is_cheaper(q.size(2), k_mean.size(2), features, v.size(-1), pair_width)
+        form = "quadratic" if cheaper else "state"
+    if form == "quadratic" and kernel is not None:  # phi(q).phi(kbar) from q.kbar: the features are never built
+        weights = kernel(q.to(k_mean.dtype) @ k_mean.transpose(2, 3))
+        if filled is not None:
+            weights = weights * filled
+        return normalise(weights @ values, eps, divide).to(q.dtype)
+    phi_k = block_features(feature_map, k_mean, filled)
     if form == "state":
         return attend_state(q, phi_k.transpose(2, 3) @ values, feature_map, eps, divide)
     phi_q = feature_map(q.to(phi_k.dtype))

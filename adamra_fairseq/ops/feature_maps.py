@@ -56,7 +56,8 @@ def taylor2(x: torch.Tensor) -> torch.Tensor:
     width = x.size(-1)
     pairs = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)[..., _upper_triangle(width, x.device)]
     rows, cols = torch.triu_indices(width, width, device=x.device)
-    weight = torch.where(rows == cols, 1 / math.sqrt(2), 1.0).to(x.dtype)
+    weight = torch.ones(rows.numel(), dtype=x.dtype, device=x.device)  # in x's dtype: exact in float64 too
+    weight[rows == cols] = 1 / math.sqrt(2)
     return torch.cat([torch.ones_like(x[..., :1]), x, pairs * weight], dim=-1)
 
 
@@ -78,6 +79,15 @@ FEATURE_MAPS: Dict[str, FeatureMap] = {
     "hedgehog": softmax_pair,  # after a learned projection (identity at initialisation)
     "t2r": relu,  # after a learned projection with bias (random at initialisation)
 }
+
+def _taylor2_kernel(scores: torch.Tensor) -> torch.Tensor:
+    """``1 + s + s^2 / 2`` of dot products s: what ``taylor2(q) . taylor2(k)`` equals."""
+    return 1.0 + scores + 0.5 * scores * scores
+
+
+# Maps whose kernel phi(q).phi(k) is a function of q.k alone: the quadratic form of the
+# bidirectional op computes it from the N-wide dot products instead of the F-wide features.
+DOT_PRODUCT_KERNELS: Dict[FeatureMap, Callable[[torch.Tensor], torch.Tensor]] = {taylor2: _taylor2_kernel}
 
 # Learned maps: name -> whether the projection has a bias, and how it starts.
 LEARNED_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
