@@ -2,7 +2,8 @@
 
 usage: python scripts/compare.py [--data-bin DIR] [--seeds 1,2] [--max-update N | --max-minutes M]
                                  [--size tiny|small|iwslt] [--heads H] [--lr LR] [--out DIR]
-                                 [--finetune-from DIR] [--adamra-* flags of the model ...]
+                                 [--finetune-from DIR] [--init-from MODEL=DIR ...]
+                                 [--adamra-* flags of the model ...]
 
 For each seed, trains ``transformer`` and ``adamra_transformer`` (same sizes)
 with scripts/train.sh, generates every test subset of the data-bin with
@@ -23,6 +24,11 @@ On a document corpus (``prepare-debian-de-en.sh --doc-max-tokens N``; its
 position limits above N and batches of at least N + 16 tokens, and the
 report adds the scores of the paragraphs split back out of each segment and
 of each segment-length bucket.
+
+``--init-from MODEL=DIR`` (repeatable; DIR a finished compare.py folder on
+data with the same vocabulary, e.g. the sentence corpus for its document
+corpus) starts each seed's MODEL from DIR's trained MODEL of that seed
+(``--finetune-from-model``: weights only, a fresh optimiser and schedule).
 
 ``--finetune-from DIR`` (a finished compare.py folder) skips training the
 transformer: each seed's AdaMRA model starts from DIR's trained transformer
@@ -129,6 +135,19 @@ def run_step(save_dir, step, command, log_path, env, what, reuse_only=False, wat
     return save_measurement(save_dir, step, seconds, peak_mb, command)
 
 
+def previous_training_hours(checkpoint):
+    """Training time a fairseq checkpoint has already counted: fairseq carries it into a run that starts from
+    the checkpoint's weights, and --stop-time-hours counts it."""
+    import torch
+
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    import adamra_fairseq  # noqa: F401  (allow-lists fairseq's checkpoint contents in torch's safe loader)
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return (state.get("extra_state") or {}).get("previous_training_time", 0.0) / 3600
+
+
 def parse_training_log(path):
     """Validation loss by update, mean training words/s of the logged intervals, final update count."""
     curve, wps, updates = [], [], 0
@@ -189,6 +208,9 @@ def main():
     parser.add_argument("--transformer-from", metavar="DIR",
                         help="a compare.py folder whose transformer runs (same seeds and flags) are reused instead "
                              "of training the transformer again, e.g. for several AdaMRA variants")
+    parser.add_argument("--init-from", action="append", default=[], metavar="MODEL=DIR",
+                        help="start MODEL (transformer or adamra) from the trained model of the same seed in the "
+                             "compare.py folder DIR, e.g. sentence-level models continued on documents; repeatable")
     parser.add_argument("--heads", type=int,
                         help="attention heads in encoder and decoder of both models (default: the architecture's)")
     parser.add_argument("--lr", default="2e-3",
@@ -254,6 +276,19 @@ def main():
             fail(f"{flag} {folder} has no transformer/ folder: pass the --out folder of a finished compare.py run")
     if args.finetune_from and args.transformer_from:
         fail("--finetune-from already takes the transformers from its folder: drop --transformer-from")
+    init_from = {}
+    for item in args.init_from:
+        model, _, folder = item.partition("=")
+        if model not in ARCHS[args.size] or not folder:
+            fail(f"--init-from {item!r} is not MODEL=DIR with MODEL one of {', '.join(ARCHS[args.size])}")
+        if not os.path.isdir(os.path.join(folder, model)):
+            fail(f"--init-from {item}: {folder} has no {model}/ folder: pass the --out folder of a finished compare.py run")
+        init_from[model] = os.path.abspath(folder)
+    if init_from and args.finetune_from:
+        fail("--finetune-from already says where the models start: drop --init-from")
+    if "transformer" in init_from and args.transformer_from:
+        fail("--transformer-from reuses finished transformers, which --init-from transformer=... would retrain: "
+             "use one of them")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
@@ -283,6 +318,14 @@ def main():
             command += ["--encoder-attention-heads", str(args.heads), "--decoder-attention-heads", str(args.heads)]
         if model == "adamra":
             command += model_flags
+        if model in init_from and not reuse_only:
+            start = os.path.join(init_from[model], model, f"seed{seed}", "checkpoint_last.pt")
+            if not os.path.isfile(start):
+                fail(f"--init-from {model}={init_from[model]}: missing {start} (train that seed there first)")
+            command += ["--finetune-from-model", start]
+            if args.max_minutes:  # the same minutes of training on top of the time the start checkpoint counted
+                command[command.index("--stop-time-hours") + 1] = str(previous_training_hours(start)
+                                                                      + args.max_minutes / 60)
         if parent_dir and model == "transformer":
             command = None  # a parent of any budget will do
         elif parent_dir:
@@ -329,6 +372,9 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
              f"Command: `python scripts/compare.py {' '.join(sys.argv[1:])}`  ",
              f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; data: `{args.data_bin}`; "
              f"seeds {seeds}; budget {budget_text} each; {args.threads} threads.", "",
+             *([f"{model} starts from the trained models of `{folder}` (same seed)." for model, folder in
+               sorted(dict(item.partition("=")[::2] for item in args.init_from).items())] + [""]
+              if args.init_from else []),
              *([f"The AdaMRA models are the transformers of `{args.finetune_from}` converted "
                 f"(`python -m adamra_fairseq.convert`) and fine-tuned for {budget_text}; the transformer rows are "
                 "those parents.", ""] if args.finetune_from else []),

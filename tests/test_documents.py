@@ -115,6 +115,7 @@ def test_prepare_script_validates_the_document_options(tmp_path):
         assert result.returncode == 2 and message in result.stderr
 
 
+@pytest.mark.slow  # about 3.5 minutes on one core: two short trainings and generations
 def test_document_corpus_trains_generates_and_scores_split_paragraphs(tmp_path):
     """The document steps of the recipe on a toy corpus, then scripts/compare.py (AdaMRA only, a few updates)."""
     import sys
@@ -160,3 +161,16 @@ def test_document_corpus_trains_generates_and_scores_split_paragraphs(tmp_path):
     assert "paragraphs split back out" in result.stdout
     train_log = (out / "adamra" / "seed1" / "train.log").read_text()
     assert "max_source_positions=56" in train_log and "max_tokens=4096" in train_log
+
+    # a second run continues the first one's model (as sentence-level models continue on documents)
+    continued = tmp_path / "continued"
+    run([sys.executable, "scripts/compare.py", "--data-bin", str(data_bin), "--models", "adamra", "--seeds", "1",
+         "--max-update", "2", "--warmup-updates", "2", "--threads", "1", "--adamra-rates", "1,2", "--heads", "2",
+         "--init-from", f"adamra={out}", "--out", str(continued)])
+    continued_log = (continued / "adamra" / "seed1" / "train.log").read_text()
+    assert f"Loaded checkpoint {out}/adamra/seed1/checkpoint_last.pt" in continued_log
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    from compare import previous_training_hours
+
+    parent_hours = previous_training_hours(str(out / "adamra" / "seed1" / "checkpoint_last.pt"))
+    assert 0 < parent_hours < previous_training_hours(str(continued / "adamra" / "seed1" / "checkpoint_last.pt"))

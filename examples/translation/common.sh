@@ -122,7 +122,8 @@ learn_apply_spm() {
 #   Writes the fairseq data-bin plus what evaluation needs: the BPE model,
 #   raw references (SUBSET.ref.TGT) and preprocessing.json; SEG_DIR/NAME.tokens
 #   (segment lengths of a document corpus) are copied as SUBSET.tokens, and
-#   $PREPROCESSING_EXTRA (JSON members) is added to preprocessing.json.
+#   $PREPROCESSING_EXTRA (JSON members) is added to preprocessing.json;
+#   $PREPROCESS_DICT, if set, is the joined dictionary to use instead of a new one.
 binarize() {
     local seg_dir="$1" raw_dir="$2" src="$3" tgt="$4" tokenizer="$5" bpe="$6" lower="$7" tests="$8" out_dir="$9"
     local testpref="" name subset index=0 names=()
@@ -131,7 +132,7 @@ binarize() {
     for name in "${names[@]}"; do testpref+="${testpref:+,}$seg_dir/$name"; done
     fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
         --trainpref "$seg_dir/train" --validpref "$seg_dir/valid" --testpref "$testpref" \
-        --destdir "$out_dir" --joined-dictionary --workers 2
+        --destdir "$out_dir" --joined-dictionary ${PREPROCESS_DICT:+--srcdict "$PREPROCESS_DICT"} --workers 2
     [ -f "$seg_dir/bpecodes" ] && cp "$seg_dir/bpecodes" "$out_dir/bpecodes"
     [ -f "$seg_dir/spm.model" ] && cp "$seg_dir/spm.model" "$out_dir/spm.model"
     local test_json=""

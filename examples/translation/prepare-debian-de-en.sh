@@ -11,7 +11,8 @@
 #   --bpe-size N          BPE merges / SentencePiece vocabulary (default 8000)
 #   --doc-max-tokens N    also build the document corpus (e.g. 256, 1024, 4096): consecutive
 #                         help paragraphs of one page joined by " ¶ " into segments of at most N
-#                         BPE tokens, same BPE codes and page split as the sentence corpus;
+#                         BPE tokens, same BPE codes, page split and vocabulary (¶ in place of
+#                         a padding entry) as the sentence corpus, so its models can continue there;
 #                         data-bin in DIR/docs-N/data-bin, segment lengths in DIR/docs-N/segments/*.stats.json
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -75,11 +76,17 @@ join_segments() {  # $1 = out: BPE segments, raw segments (references) under raw
     done
 }
 
+doc_dictionary() {  # $1 = out: the sentence corpus's dictionary, its first padding entry replaced by ¶
+    awk '!done && /^madeupword[0-9]+ / { print "¶ 0"; done = 1; next } { print } END { if (!done) print "¶ 0" }' \
+        "$OUT/data-bin/dict.de.txt" > "$1/dict.txt"
+}
+
 step "$OUT/docs/raw" raw_paragraphs
 step "$OUT/docs/tok" tokenize_splits "$OUT/docs/raw" de en 0 "${DOC_SPLITS[@]}"
 step "$OUT/docs/bpe" apply_bpe "$OUT/bpe/bpecodes" "$OUT/docs/tok" de en "${DOC_SPLITS[@]}"
 DOCS="$OUT/docs-$DOC_MAX_TOKENS"
 step "$DOCS/segments" join_segments
-PREPROCESSING_EXTRA='"paragraph_separator": "¶", "max_tokens": '"$DOC_MAX_TOKENS" \
+step "$OUT/docs/dict" doc_dictionary
+PREPROCESSING_EXTRA='"paragraph_separator": "¶", "max_tokens": '"$DOC_MAX_TOKENS" PREPROCESS_DICT="$OUT/docs/dict/dict.txt" \
     step "$DOCS/data-bin" binarize "$DOCS/segments" "$DOCS/segments/raw" de en moses subword_nmt 0 test-libreoffice
 echo "document data: $DOCS/data-bin"
