@@ -286,9 +286,7 @@ def main():
         init_from[model] = os.path.abspath(folder)
     if init_from and args.finetune_from:
         fail("--finetune-from already says where the models start: drop --init-from")
-    if "transformer" in init_from and args.transformer_from:
-        fail("--transformer-from reuses finished transformers, which --init-from transformer=... would retrain: "
-             "use one of them")
+
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
@@ -318,7 +316,7 @@ def main():
             command += ["--encoder-attention-heads", str(args.heads), "--decoder-attention-heads", str(args.heads)]
         if model == "adamra":
             command += model_flags
-        if model in init_from and not reuse_only:
+        if model in init_from:  # also for a reused run: its recorded command names where it started
             start = os.path.join(init_from[model], model, f"seed{seed}", "checkpoint_last.pt")
             if not os.path.isfile(start):
                 fail(f"--init-from {model}={init_from[model]}: missing {start} (train that seed there first)")
