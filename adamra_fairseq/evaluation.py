@@ -23,6 +23,8 @@ from typing import Dict, List
 
 from sacrebleu.metrics import BLEU, CHRF
 
+from .data.documents import length_buckets, split_paragraphs
+
 
 class EvaluationError(Exception):
     pass
@@ -82,8 +84,8 @@ def paired_paragraphs(hypothesis: str, reference: str, separator: str) -> List[t
     Missing hypothesis paragraphs are empty; surplus ones are joined to the
     last paragraph, so every reference paragraph is scored exactly once.
     """
-    wanted = [part.strip() for part in reference.split(separator)]
-    got = [part.strip() for part in hypothesis.split(separator)]
+    wanted = split_paragraphs(reference, separator)
+    got = split_paragraphs(hypothesis, separator)
     if len(got) > len(wanted):
         got = got[: len(wanted) - 1] + [" ".join(got[len(wanted) - 1:])]
     got += [""] * (len(wanted) - len(got))
@@ -101,13 +103,10 @@ def document_scores(hypotheses: List[str], references: List[str], separator: str
                              **_scores([h for h, _ in pairs], [r for _, r in pairs], lowercase)}}
     if lengths:
         buckets = {}
-        low = 1
-        for high in (128, 256, 512, 1024, 2048, 4096, 8192):
-            chosen = [i for i, length in enumerate(lengths) if low <= length <= high]
+        for bucket, chosen in length_buckets(lengths, (128, 256, 512, 1024, 2048, 4096, 8192)).items():
             if chosen:
                 scores = _scores([hypotheses[i] for i in chosen], [references[i] for i in chosen], lowercase)
-                buckets[f"{low}-{high}"] = {"segments": len(chosen), "bleu": scores["bleu"], "chrf": scores["chrf"]}
-            low = high + 1
+                buckets[bucket] = {"segments": len(chosen), "bleu": scores["bleu"], "chrf": scores["chrf"]}
         result["length_buckets"] = buckets
     return result
 

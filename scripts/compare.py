@@ -284,6 +284,7 @@ def main():
         if not os.path.isdir(os.path.join(folder, model)):
             fail(f"--init-from {item}: {folder} has no {model}/ folder: pass the --out folder of a finished compare.py run")
         init_from[model] = os.path.abspath(folder)
+    args.init_dirs = init_from
     if init_from and args.finetune_from:
         fail("--finetune-from already says where the models start: drop --init-from")
 
@@ -371,8 +372,7 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
              f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; data: `{args.data_bin}`; "
              f"seeds {seeds}; budget {budget_text} each; {args.threads} threads.", "",
              *([f"{model} starts from the trained models of `{folder}` (same seed)." for model, folder in
-               sorted(dict(item.partition("=")[::2] for item in args.init_from).items())] + [""]
-              if args.init_from else []),
+               sorted(args.init_dirs.items())] + [""] if args.init_dirs else []),
              *([f"The AdaMRA models are the transformers of `{args.finetune_from}` converted "
                 f"(`python -m adamra_fairseq.convert`) and fine-tuned for {budget_text}; the transformer rows are "
                 "those parents.", ""] if args.finetune_from else []),

@@ -140,22 +140,27 @@ def join_documents(
     }
 
 
+def length_buckets(lengths: Sequence[int], edges: Sequence[int]) -> Dict[str, List[int]]:
+    """Indices of ``lengths`` per bucket ``"1-E1"``, ``"E1+1-E2"``, ... (ascending upper edges; longer ones left out)."""
+    buckets: Dict[str, List[int]] = {}
+    low = 1
+    for edge in edges:
+        buckets[f"{low}-{edge}"] = [i for i, length in enumerate(lengths) if low <= length <= edge]
+        low = edge + 1
+    return buckets
+
+
 def length_histogram(lengths: Sequence[int], max_tokens: int) -> Dict[str, int]:
     """Counts per power-of-two bucket ``"1-64"``, ``"65-128"``, ... up to ``max_tokens``."""
     edges = [64]
     while edges[-1] < max_tokens:
         edges.append(edges[-1] * 2)
-    counts: Dict[str, int] = {}
-    low = 1
-    for edge in edges:
-        counts[f"{low}-{edge}"] = sum(1 for length in lengths if low <= length <= edge)
-        low = edge + 1
-    return counts
+    return {bucket: len(members) for bucket, members in length_buckets(lengths, edges).items()}
 
 
-def split_paragraphs(segment: str) -> List[str]:
+def split_paragraphs(segment: str, separator: str = SEPARATOR) -> List[str]:
     """The paragraphs of a (detokenised) segment, separators and their spaces removed."""
-    return [paragraph.strip() for paragraph in segment.split(SEPARATOR)]
+    return [paragraph.strip() for paragraph in segment.split(separator)]
 
 
 def write_stats(stats: Dict[str, dict], path: str) -> None:
