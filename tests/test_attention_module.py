@@ -260,9 +260,15 @@ def test_cross_attention_incremental_caches_and_reorders():
     state = {}
     out0, _ = module(queries[:1], source, source, key_padding_mask=mask, incremental_state=state, static_kv=True)
     assert torch.allclose(out0, full[:1], atol=1e-10)
+    # rate 1 (7 blocks) reads the 4 x 5 summary, rate 4 (2 blocks) the blocks: 2 x (4 + 5) < 4 x 5
+    assert set(module._get_input_buffer(state)) == {"summary0", "keys1", "values1", "filled1"}
     # later steps must not look at the keys again
     out1, _ = module(queries[1:2], None, None, key_padding_mask=mask, incremental_state=state, static_kv=True)
     assert torch.allclose(out1, full[1:2], atol=1e-10)
+    # a reorder that keeps the batch size stays within each sentence's beam (fairseq's contract): no copy
+    cached = dict(module._get_input_buffer(state))
+    module.reorder_incremental_state(state, torch.tensor([0, 0, 2]))
+    assert all(module._get_input_buffer(state)[name] is tensor for name, tensor in cached.items())
     # beam reorder that also shrinks the batch: rows 2 and 0 survive
     new_order = torch.tensor([2, 0])
     module.reorder_incremental_state(state, new_order)

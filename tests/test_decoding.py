@@ -36,7 +36,11 @@ def test_incremental_decoder_equals_parallel_with_beam_reorder_and_shrink(tiny_a
     model, _, task = load(tiny_adamra_checkpoint, tiny_data_bin)
     task.load_dataset("test")
     dataset = task.dataset("test")
-    batch = dataset.collater([dataset[i] for i in range(4)])  # left-padded sources of different lengths
+    # two sentences of different lengths (left-padded), each with a beam of two hypotheses
+    first, second = 0, next(i for i in range(1, len(dataset)) if dataset.src_sizes[i] != dataset.src_sizes[0])
+    batch = dataset.collater([dataset[i] for i in (first, first, second, second)])
+    ids = batch["id"].tolist()
+    assert ids[0] == ids[1] != ids[2] == ids[3]
     source, lengths = batch["net_input"]["src_tokens"], batch["net_input"]["src_lengths"]
     encoder_out = model.encoder(source, src_lengths=lengths)
     generator = torch.Generator().manual_seed(1)
@@ -48,7 +52,8 @@ def test_incremental_decoder_equals_parallel_with_beam_reorder_and_shrink(tiny_a
     state = {}
     rows = torch.arange(4)
     current_encoder_out = encoder_out
-    reorders = {4: torch.tensor([2, 0, 0, 3]), 8: torch.tensor([3, 1])}  # beam reorder, then a shrink
+    # a beam reorder within each sentence (what fairseq's beam search does), then a shrink across sentences
+    reorders = {4: torch.tensor([1, 1, 3, 2]), 8: torch.tensor([3, 1])}
     for step in range(prev_output_tokens.size(1)):
         if step in reorders:
             order = reorders[step]

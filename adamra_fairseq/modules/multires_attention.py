@@ -8,9 +8,12 @@ Which computation runs follows what fairseq passes in:
   that ``AdaMRADecoder`` passes instead of building a T x T mask: the chunked
   causal op;
 * ``incremental_state`` in self-attention: one recurrent step per position;
-* ``incremental_state`` with ``static_kv`` (cross-attention): the per-head
-  summaries ``(S, z)`` of the encoder output are computed at the first step,
-  cached, and reused by every later step.
+* ``incremental_state`` with ``static_kv`` (cross-attention): at the first
+  step each rate group caches what the cheaper read needs (per-head summaries
+  ``[S | z]``, or for short sources the pooled keys and values), and every
+  later step reuses it. As for fairseq's ``MultiheadAttention``, a reorder
+  that keeps the batch size leaves this cache alone: beam search reorders
+  only among the hypotheses of one sentence, which share the source.
 
 In every path, queries and keys first go through the same per-position
 :class:`QueryKeyTransform` (``--adamra-qk-norm``, the learned feature maps'
@@ -28,9 +31,11 @@ import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor, nn
 
-from ..ops.bidirectional import attend_state, bidirectional_attention, kv_state
+from ..ops.bidirectional import (
+    attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
+)
 from ..ops.causal import causal_attention
-from ..ops.feature_maps import FEATURE_MAPS, feature_width
+from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
 from ..ops.recurrent import causal_step, initial_state
 from .head_norm import HeadNorm
@@ -110,6 +115,7 @@ class MultiResolutionAttention(nn.Module):
         )
         self.feature_map = FEATURE_MAPS[options.feature_map]
         self.feature_dim = feature_width(options.feature_map, self.query_key.output_dim)
+        self.pair_width = pair_width(self.feature_map, self.query_key.output_dim)
         self.eps = options.eps
         self.divide = options.divides_by_normaliser
         self.head_norm = HeadNorm(num_heads, self.head_dim) if options.normalises_output else None
@@ -223,13 +229,6 @@ class MultiResolutionAttention(nn.Module):
             for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)
         ], dim=1)
 
-    def _summaries(self, k, v, key_padding_mask) -> Tensor:
-        """Per-head ``[S | z]`` ``(B, H, F, D + 1)`` of the pooled keys/values."""
-        return torch.cat([
-            kv_state(kg, vg, rate, key_padding_mask, self.feature_map)
-            for kg, vg, rate in zip(self._groups(k), self._groups(v), self.rates)
-        ], dim=1)
-
     def _check_future_mask(self, attn_mask: Tensor, length: int) -> None:
         if is_causal_marker(attn_mask):
             return
@@ -245,16 +244,34 @@ class MultiResolutionAttention(nn.Module):
     def _cross(self, q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask) -> Tensor:
         if attn_mask is not None:
             raise ValueError("MultiResolutionAttention cross-attention does not take an attn_mask")
-        saved = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
-        if static_kv and saved.get("summary") is not None:
-            summary = saved["summary"]
-        else:
+        cache = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
+        if not (static_kv and cache):
             k, v = self._keys_values(key, value)
-            if incremental_state is None or not static_kv:  # training: no summary to keep
+            if incremental_state is None or not static_kv:  # training: nothing to keep
                 return self._bidirectional(q, k, v, key_padding_mask)
-            summary = self._summaries(k, v, key_padding_mask)
-            self._set_input_buffer(incremental_state, {"summary": summary})
-        return attend_state(q, summary, self.feature_map, self.eps, self.divide)
+            cache = self._source_cache(k, v, key_padding_mask)
+            self._set_input_buffer(incremental_state, cache)
+        return torch.cat([self._read_cache(qg, cache, group) for group, qg in enumerate(self._groups(q))], dim=1)
+
+    def _source_cache(self, k, v, key_padding_mask) -> Dict[str, Optional[Tensor]]:
+        """Per rate group g: ``summary{g}`` ``(B, h, F, D + 1)``, or, where reading the blocks is cheaper,
+        ``keys{g}`` ``(B, h, M, N)``, ``values{g}`` ``(B, h, M, D + 1)`` and ``filled{g}`` (None without padding)."""
+        cache: Dict[str, Optional[Tensor]] = {}
+        for group, (kg, vg, rate) in enumerate(zip(self._groups(k), self._groups(v), self.rates)):
+            k_mean, filled, values = pooled_keys_values(kg, vg, rate, key_padding_mask)
+            if cached_blocks_are_cheaper(k_mean.size(2), self.feature_dim, self.head_dim, self.pair_width):
+                cache.update({f"keys{group}": k_mean, f"values{group}": values, f"filled{group}": filled})
+            else:
+                summary = block_features(self.feature_map, k_mean, filled).transpose(2, 3) @ values
+                cache[f"summary{group}"] = summary
+        return cache
+
+    def _read_cache(self, q: Tensor, cache: Dict[str, Optional[Tensor]], group: int) -> Tensor:
+        summary = cache.get(f"summary{group}")
+        if summary is not None:
+            return attend_state(q, summary, self.feature_map, self.eps, self.divide)
+        return attend_blocks(q, cache[f"keys{group}"], cache[f"filled{group}"], cache[f"values{group}"],
+                             self.feature_map, self.eps, self.divide)
 
     def _decode_steps(self, q, key, value, incremental_state) -> Tensor:
         """Causal self-attention one position at a time, carrying the recurrent state."""
@@ -285,8 +302,16 @@ class MultiResolutionAttention(nn.Module):
 
     @torch.jit.export
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        """Selects ``new_order`` (beam reordering, or a smaller batch) on dim 0 of every state tensor."""
+        """Selects ``new_order`` (beam reordering, or a smaller batch) on dim 0 of every state tensor.
+
+        The source cache of cross-attention is left alone when the batch keeps its size (the
+        contract of fairseq's ``MultiheadAttention``: such a reorder stays within each sentence's beam).
+        """
         buffer = self._get_input_buffer(incremental_state)
+        if buffer and self.encoder_decoder_attention:
+            rows = next((tensor.size(0) for tensor in buffer.values() if tensor is not None), None)
+            if rows == new_order.size(0):
+                return incremental_state
         if buffer:
             reordered = {
                 name: tensor.index_select(0, new_order) if tensor is not None else None

@@ -17,7 +17,10 @@ per head, the *quadratic* form ``(phi(q) phi(kbar)^T) [vbar | 1]`` costs
 ``T M (F + Dv + 1)``. For MT sentences (T, M ~ 30, F = 64 .. 128) the
 quadratic form is several times cheaper; for long inputs the state form is
 the linear one. :func:`bidirectional_attention` picks the cheaper
-(``form="auto"``); a cached summary for decoding is always the state.
+(``form="auto"``). Decoding caches what the cheaper form needs per query
+(:func:`cached_blocks_are_cheaper`): ``[S | z]`` for :func:`attend_state`, or
+the pooled keys and ``[vbar | 1]`` for :func:`attend_blocks`; either is
+fixed by the source and does not grow with the output.
 """
 
 from typing import Optional, Tuple
@@ -25,7 +28,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one
+from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one, output_width, pair_width
 from .padding import gather_time, has_padding, left_align_order, real_lengths
 from .pooling import block_means
 
@@ -79,41 +82,12 @@ def pooled_keys_values(
     return k_mean, filled, with_ones(v_mean)
 
 
-def pooled_features(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rate: int,
-    key_padding_mask: Optional[torch.Tensor] = None,
-    feature_map: FeatureMap = elu_plus_one,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Features of the block-mean keys and the block-mean values with a column of ones.
-
-    Arguments as :func:`pooled_keys_values`. Returns ``phi(kbar)`` ``(B, h, M, F)``
-    (zero for blocks past a row's end) and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
-    both in the accumulation dtype.
-    """
-    k_mean, filled, values = pooled_keys_values(k, v, rate, key_padding_mask)
-    return block_features(feature_map, k_mean, filled), values
-
-
 def block_features(feature_map: FeatureMap, k_mean: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
     """``phi(kbar)`` ``(B, h, M, F)``, zero for blocks that hold no token (``filled`` from :func:`pooled_keys_values`)."""
     phi_k = feature_map(k_mean)
     if filled is not None:  # blocks past a short row's end are empty and carry no weight
         phi_k = phi_k * filled.transpose(2, 3)
     return phi_k
-
-
-def kv_state(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rate: int,
-    key_padding_mask: Optional[torch.Tensor] = None,
-    feature_map: FeatureMap = elu_plus_one,
-) -> torch.Tensor:
-    """Summary ``[S | z]`` ``(B, h, F, Dv + 1)`` of pooled keys/values (arguments of :func:`pooled_features`)."""
-    phi_k, values = pooled_features(k, v, rate, key_padding_mask, feature_map)
-    return phi_k.transpose(2, 3) @ values
 
 
 def quadratic_is_cheaper(
@@ -128,6 +102,15 @@ def quadratic_is_cheaper(
     return queries * blocks * (pair_width + value_width + 1) < (queries + blocks) * features * (value_width + 1)
 
 
+def cached_blocks_are_cheaper(blocks: int, features: int, value_width: int, pair_width: int) -> bool:
+    """True if one decoding step reads M pooled blocks (:func:`attend_blocks`) in fewer multiply-adds
+    than the ``(F, Dv + 1)`` summary (:func:`attend_state`); the cache is then smaller too.
+
+    The per-query limit of :func:`quadratic_is_cheaper` (the summary is built once, read every step).
+    """
+    return blocks * (pair_width + value_width + 1) < features * (value_width + 1)
+
+
 def attend_state(
     q: torch.Tensor,
     summary: torch.Tensor,
@@ -140,6 +123,31 @@ def attend_state(
     Returns ``(B, h, T, Dv)`` in q's dtype.
     """
     return normalise(feature_map(q.to(summary.dtype)) @ summary, eps, divide).to(q.dtype)
+
+
+def attend_blocks(
+    q: torch.Tensor,
+    k_mean: torch.Tensor,
+    filled: Optional[torch.Tensor],
+    values: torch.Tensor,
+    feature_map: FeatureMap = elu_plus_one,
+    eps: float = 1e-6,
+    divide: bool = True,
+) -> torch.Tensor:
+    """Quadratic form ``(phi(q) phi(kbar)^T) [vbar | 1]``, normalised, from :func:`pooled_keys_values`'s output.
+
+    q ``(B, h, T, N)`` -> ``(B, h, T, Dv)`` in q's dtype. For the :data:`DOT_PRODUCT_KERNELS`
+    the weights come from the N-wide ``q.kbar`` and the features are never built.
+    """
+    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
+    if kernel is not None:
+        weights = kernel(q.to(k_mean.dtype) @ k_mean.transpose(2, 3))
+        if filled is not None:
+            weights = weights * filled
+    else:
+        phi_k = block_features(feature_map, k_mean, filled)
+        weights = feature_map(q.to(phi_k.dtype)) @ phi_k.transpose(2, 3)
+    return normalise(weights @ values, eps, divide).to(q.dtype)
 
 
 def bidirectional_attention(
@@ -163,19 +171,12 @@ def bidirectional_attention(
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}: choose one of {', '.join(FORMS)}")
     k_mean, filled, values = pooled_keys_values(k, v, rate, key_padding_mask)
-    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
     if form == "auto":
-        features = feature_map(k_mean.new_zeros(1, k_mean.size(-1))).size(-1)
-        pair_width = k_mean.size(-1) if kernel is not None else features
-        cheaper = quadratic_is_cheaper(q.size(2), k_mean.size(2), features, v.size(-1), pair_width)
+        width = k_mean.size(-1)
+        cheaper = quadratic_is_cheaper(q.size(2), k_mean.size(2), output_width(feature_map, width), v.size(-1),
+                                       pair_width(feature_map, width))
         form = "quadratic" if cheaper else "state"
-    if form == "quadratic" and kernel is not None:  # phi(q).phi(kbar) from q.kbar: the features are never built
-        weights = kernel(q.to(k_mean.dtype) @ k_mean.transpose(2, 3))
-        if filled is not None:
-            weights = weights * filled
-        return normalise(weights @ values, eps, divide).to(q.dtype)
-    phi_k = block_features(feature_map, k_mean, filled)
-    if form == "state":
-        return attend_state(q, phi_k.transpose(2, 3) @ values, feature_map, eps, divide)
-    phi_q = feature_map(q.to(phi_k.dtype))
-    return normalise((phi_q @ phi_k.transpose(2, 3)) @ values, eps, divide).to(q.dtype)
+    if form == "quadratic":
+        return attend_blocks(q, k_mean, filled, values, feature_map, eps, divide)
+    summary = block_features(feature_map, k_mean, filled).transpose(2, 3) @ values
+    return attend_state(q, summary, feature_map, eps, divide)

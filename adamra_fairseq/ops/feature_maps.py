@@ -1,7 +1,7 @@
 """Non-negative feature maps phi that replace softmax in kernel attention.
 
 A feature map takes ``(..., N)`` to ``(..., F)``; :func:`feature_width` gives F
-for an input width N. The ops apply these parameter-free maps to (pooled)
+for an input width N, :func:`pair_width` the cost of one weight ``phi(q).phi(k)``. The ops apply these parameter-free maps to (pooled)
 queries and keys. The *learned* maps (``hedgehog``, ``t2r``) are a per-head
 linear projection of q and k (a parameter of the attention module, applied
 before pooling: a linear map commutes with block means) followed by the
@@ -96,6 +96,16 @@ LEARNED_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
 }
 
 
+def output_width(feature_map: FeatureMap, input_width: int) -> int:
+    """Width F of ``feature_map`` applied to vectors of width ``input_width`` (read off one application)."""
+    return feature_map(torch.zeros(1, input_width)).size(-1)
+
+
 def feature_width(name: str, input_width: int) -> int:
-    """Width F of ``FEATURE_MAPS[name]`` applied to vectors of width ``input_width`` (read off one application)."""
-    return FEATURE_MAPS[name](torch.zeros(1, input_width)).size(-1)
+    """Width F of ``FEATURE_MAPS[name]`` applied to vectors of width ``input_width``."""
+    return output_width(FEATURE_MAPS[name], input_width)
+
+
+def pair_width(feature_map: FeatureMap, input_width: int) -> int:
+    """Multiply-adds for one weight ``phi(q).phi(k)``: N for the :data:`DOT_PRODUCT_KERNELS`, else F."""
+    return input_width if feature_map in DOT_PRODUCT_KERNELS else output_width(feature_map, input_width)

@@ -68,10 +68,13 @@ def causal_step(
     own_weight = (phi_q * phi_own).sum(dim=-1, keepdim=True)
     read = (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_weight * own_v
     complete = count == head_rates.to(acc)[None, :, None]  # (B, H, 1): the open block is full
-    fold = (phi_own * complete).unsqueeze(-1) * own_v.unsqueeze(-2)  # zero where the block stays open
-    summary = state["summary"] + fold
+    # S + phi(kbar) [vbar | 1]^T where the block completes (times g with a decay), else S; the outer
+    # product is added in one pass, without a full-size fold tensor
+    summary, fold_weight = state["summary"], phi_own * complete
     if block_decay is not None:
-        summary = summary * torch.where(complete, block_decay.to(acc)[None, :, None], 1.0).unsqueeze(-1)
+        factor = torch.where(complete, block_decay.to(acc)[None, :, None], 1.0)
+        summary, fold_weight = summary * factor.unsqueeze(-1), fold_weight * factor
+    summary = torch.addcmul(summary, fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
     new_state = {
         "summary": summary,
         "open_k": open_k.masked_fill(complete, 0.0),
