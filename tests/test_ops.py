@@ -4,7 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamra_fairseq.ops.bidirectional import bidirectional_attention, quadratic_is_cheaper
+from adamra_fairseq.ops.bidirectional import (
+    attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
+    quadratic_is_cheaper,
+)
 from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
@@ -52,6 +55,30 @@ def test_bidirectional_form_choice_follows_the_multiply_adds():
         bidirectional_attention(*random_qkv(), rate=1, form="fast")
 
 
+def test_decoding_cache_form_follows_the_multiply_adds_per_step():
+    # Taylor features of 32-wide heads over a 30-token source: 30 x (32 + 33) < 561 x 33
+    assert cached_blocks_are_cheaper(blocks=30, features=561, value_width=32, pair_width=32)
+    # the same map over a 1024-token source: the summary, fixed size, is cheaper
+    assert not cached_blocks_are_cheaper(blocks=1024, features=561, value_width=32, pair_width=32)
+    # hedgehog (F = 2N, no dot-product shortcut): the blocks only for very short sources
+    assert cached_blocks_are_cheaper(blocks=10, features=64, value_width=32, pair_width=64)
+    assert not cached_blocks_are_cheaper(blocks=30, features=64, value_width=32, pair_width=64)
+
+
+@pytest.mark.parametrize("name", ["elu", "taylor2", "hedgehog"])
+def test_cached_blocks_and_summary_read_the_same(name):
+    """attend_blocks (pooled keys/values) == attend_state (their summary) == naive, with pads and rate 2."""
+    q, k, v = random_qkv(batch=2, heads=2, length=9, seed=21)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[1, :4] = True
+    feature_map = FEATURE_MAPS[name]
+    expected = naive_adamra_attention(q, k, v, [2, 2], key_padding_mask=mask, feature_map=feature_map)
+    k_mean, filled, values = pooled_keys_values(k, v, 2, mask)
+    summary = block_features(feature_map, k_mean, filled).transpose(2, 3) @ values
+    assert torch.allclose(attend_state(q, summary, feature_map), expected, atol=TOL)
+    assert torch.allclose(attend_blocks(q, k_mean, filled, values, feature_map), expected, atol=TOL)
+
+
 @pytest.mark.parametrize("form", ["state", "quadratic"])
 def test_bidirectional_pads_anywhere_never_enter_a_mean(form):
     q, k, v = random_qkv(length=9)
@@ -94,7 +121,8 @@ def test_causal_and_recurrent_match_naive_for_other_feature_maps(name):
     q, k, v = random_qkv(heads=2, length=11, seed=8)
     feature_map = FEATURE_MAPS[name]
     expected = naive_adamra_attention(q, k, v, [3, 3], causal=True, feature_map=feature_map)
-    assert torch.allclose(causal_attention(q, k, v, 3, 6, feature_map), expected, atol=TOL)
+    for chunk_size in (6, 12):  # two chunks (a carried state), one chunk (no state)
+        assert torch.allclose(causal_attention(q, k, v, 3, chunk_size, feature_map), expected, atol=TOL)
     recurrent = recurrent_attention(q, k, v, [3, 3], feature_map, feature_dim=feature_width(name, 5))
     assert torch.allclose(recurrent, expected, atol=TOL)
 

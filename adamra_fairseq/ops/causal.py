@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .bidirectional import accumulation_dtype, normalise, with_ones
-from .feature_maps import FeatureMap, elu_plus_one
+from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one
 from .pooling import block_count
 
 
@@ -79,20 +79,29 @@ def causal_attention(
     if padded_len != seq_len:
         q, k, v = (F.pad(x, (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
 
-    phi_q = feature_map(q)
     k_running = running_block_means(k, rate)
     v_running = with_ones(running_block_means(v, rate))  # [mean v, 1]: numerator and normaliser together
-    phi_k_running = feature_map(k_running)
-    # Own (partial) block: one slot per query, elementwise.
-    own_weight = (phi_q * phi_k_running).sum(dim=-1, keepdim=True)  # (B, h, Tp, 1)
-    read = own_weight * v_running
-
     # Complete blocks: the running mean at a block's last position is its full mean.
     blocks_per_chunk = chunk_size // rate
     shape = (batch, heads, num_chunks, blocks_per_chunk)
-    phi_k_block = phi_k_running[:, :, rate - 1 :: rate].reshape(*shape, phi_k_running.size(-1))
+    k_block = k_running[:, :, rate - 1 :: rate].reshape(*shape, k.size(-1))
     v_block = v_running[:, :, rate - 1 :: rate].reshape(*shape, v_running.size(-1))
-    phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, phi_q.size(-1))
+    q_chunks = q.view(batch, heads, num_chunks, chunk_size, q.size(-1))
+    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
+    if kernel is not None:  # weights from N-wide dot products; the features only for a carried state
+        own_weight = kernel((q * k_running).sum(dim=-1, keepdim=True))
+        scores = kernel(q_chunks @ k_block.transpose(3, 4))
+        phi_q_chunks = feature_map(q_chunks) if num_chunks > 1 else None
+        phi_k_block = feature_map(k_block) if num_chunks > 1 else None
+    else:
+        phi_q = feature_map(q)
+        phi_k_running = feature_map(k_running)
+        own_weight = (phi_q * phi_k_running).sum(dim=-1, keepdim=True)
+        phi_k_block = phi_k_running[:, :, rate - 1 :: rate].reshape(*shape, phi_k_running.size(-1))
+        phi_q_chunks = phi_q.view(batch, heads, num_chunks, chunk_size, phi_q.size(-1))
+        scores = phi_q_chunks @ phi_k_block.transpose(3, 4)
+    # Own (partial) block: one slot per query, elementwise (weight a_t, shape (B, h, Tp, 1)).
+    read = own_weight * v_running
 
     query_block = torch.arange(chunk_size, device=q.device) // rate  # block of each position, within its chunk
     key_block = torch.arange(blocks_per_chunk, device=q.device)
@@ -120,8 +129,7 @@ def causal_attention(
             carried = torch.einsum("hcd,bhdfv->bhcfv", carry, chunk_summary)
             inter = (phi_q_chunks @ carried) * (decay[..., 0] ** query_block.to(acc))[None, :, None, :, None]
 
-    # Same chunk: blocks strictly before the query's own block.
-    scores = phi_q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, C/r)
+    # Same chunk: blocks strictly before the query's own block (scores: (B, h, N, C, C/r)).
     intra = (scores * intra_weights) @ v_block
     earlier_blocks = intra if inter is None else inter + intra
 
