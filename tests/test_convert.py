@@ -23,7 +23,8 @@ def test_conversion_copies_every_vanilla_weight_and_starts_the_rest_fresh(tiny_v
     out = tmp_path / "adamra.pt"
     result = run([*CONVERT, tiny_vanilla_checkpoint, str(out), "--data", tiny_data_bin,
                   "--adamra-rates", "1,2", "--adamra-feature-map", "hedgehog", "--adamra-qk-norm", "l2",
-                  "--adamra-normaliser", "both", "--adamra-cross-rates", "1"])
+                  "--adamra-normaliser", "both", "--adamra-cross-rates", "1",
+                  "--adamra-preset", "tuned-decay"])  # the same maps in cross-attention: every learned part
     assert ("--finetune-from-model " + str(out) + " --arch adamra_transformer_tiny --adamra-rates 1,2") in result.stdout
     vanilla = checkpoint_utils.load_checkpoint_to_cpu(tiny_vanilla_checkpoint)["model"]
     model = load_model(str(out), tiny_data_bin)

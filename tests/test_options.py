@@ -87,6 +87,7 @@ def test_default_preset_fills_the_options_and_explicit_flags_override_it():
     assert (options.feature_map, options.qk_norm, options.normaliser, options.decay) == (
         tuned["adamra_feature_map"], tuned["adamra_qk_norm"], tuned["adamra_normaliser"], tuned["adamra_decay"])
     assert cross.rates == tuple(int(rate) for rate in tuned["adamra_cross_rates"].split(","))
+    assert (cross.feature_map, cross.qk_norm) == (tuned["adamra_cross_feature_map"], tuned["adamra_cross_qk_norm"])
     options = parse_adamra_options(namespace(adamra_feature_map="relu", adamra_cross_rates="1,2"))
     assert (options.feature_map, options.for_cross_attention().rates) == ("relu", (1, 2))
 
@@ -107,6 +108,17 @@ def test_tuned_decay_preset_is_tuned_with_the_learned_decay():
     assert dataclasses.replace(tuned, decay="learned") == decay
 
 
+def test_tuned_taylor_preset_changes_only_cross_attention():
+    decay = parse_adamra_options(namespace(adamra_preset="tuned-decay"))
+    taylor = parse_adamra_options(namespace(adamra_preset="tuned-taylor"))
+    assert dataclasses.replace(taylor, cross=decay.cross) == decay
+    cross = taylor.for_cross_attention()
+    assert (cross.rates, cross.feature_map, cross.qk_norm, cross.decay) == ((1,), "taylor2", "scale", "learned")
+    # an explicit flag still overrides the preset
+    plain = parse_adamra_options(namespace(adamra_preset="tuned-taylor", adamra_cross_feature_map="hedgehog"))
+    assert plain.for_cross_attention().feature_map == "hedgehog"
+
+
 def test_options_saved_before_presets_existed_keep_the_original_defaults():
     """A checkpoint written before --adamra-preset has adamra_* values but no preset: it must rebuild the
     model it was trained as (elu, the same rates for cross-attention), not the tuned one."""
@@ -120,7 +132,7 @@ def test_options_saved_before_presets_existed_keep_the_original_defaults():
 
 
 def test_unknown_preset_is_rejected():
-    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned, tuned-decay"):
+    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned, tuned-decay, tuned-taylor"):
         parse_adamra_options(namespace(adamra_preset="best"))
 
 

@@ -21,25 +21,31 @@ ATTENTION_PLACES = ("encoder", "decoder", "cross")
 # Options that self- and cross-attention may set differently (--adamra-X and --adamra-cross-X).
 PER_PLACE = ("rates", "feature_map", "feature_dim", "qk_norm", "normaliser")
 # Defaults of the settings that shape the kernel attention, by --adamra-preset. "original" is the
-# method as first defined (elu + 1 everywhere, the kernel denominator); "tuned-decay" is what translated best
+# method as first defined (elu + 1 everywhere, the kernel denominator); "tuned-taylor" is what translated best
 # in docs/results.md. Checkpoints remember their preset; ones written before presets existed are "original".
 # A released preset keeps its meaning (checkpoints leave unset cross values to it): add a new one instead.
+_SAME_IN_CROSS = {"adamra_cross_feature_map": None, "adamra_cross_qk_norm": None}  # None: as self-attention
 PRESETS = {
     "original": {
         "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
-        "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": None,
+        "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": None, **_SAME_IN_CROSS,
     },
     "tuned": {
         "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
-        "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": "1",
+        "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": "1", **_SAME_IN_CROSS,
     },
     "tuned-decay": {  # tuned + a learned per-head decay in decoder self-attention
         "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
+        "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1", **_SAME_IN_CROSS,
+    },
+    "tuned-taylor": {  # tuned-decay with Taylor features and q scaled by D^-1/2 in cross-attention
+        "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1",
+        "adamra_cross_feature_map": "taylor2", "adamra_cross_qk_norm": "scale",
     },
 }
 assert len({frozenset(values) for values in PRESETS.values()}) == 1, "every preset must set the same options"
-DEFAULT_PRESET = "tuned-decay"
+DEFAULT_PRESET = "tuned-taylor"
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
     "adamra_routing": "soft",
@@ -65,8 +71,9 @@ def add_adamra_args(parser) -> None:
     group.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
                        help="defaults of the kernel settings below: original = the first definition (elu + 1, the "
                             "denominator, the same everywhere), tuned = Hedgehog features and one rate in "
-                            "cross-attention, tuned-decay = tuned with a learned decay in decoder self-attention "
-                            f"(default {DEFAULT_PRESET}); flags given explicitly override the preset")
+                            "cross-attention, tuned-decay = tuned with a learned decay in decoder self-attention, "
+                            "tuned-taylor = tuned-decay with taylor2 features and q scaled by head_dim^-1/2 in "
+                            f"cross-attention (default {DEFAULT_PRESET}); flags given explicitly override the preset")
     per_place_help = {
         "rates": ("R1,R2,...", str, "compression rates, one per group of heads, in head order; their number must "
                                     "divide the number of heads"),
