@@ -26,14 +26,20 @@ from compare import REPO_ROOT, fail, generation_speed, run_measured  # noqa: E40
 USER_DIR = os.path.join(REPO_ROOT, "adamra_fairseq")
 
 
+def fairseq_generate() -> str:
+    """fairseq-generate next to this Python (a virtual environment need not be activated), else from PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
+    return beside if os.path.isfile(beside) else "fairseq-generate"
+
+
 def decode(checkpoint, beam, args, out_prefix, env):
     """(tokens/s, peak MB) of one fairseq-generate run; hypotheses in ``out_prefix``.txt."""
-    command = ["fairseq-generate", args.data_bin, "--user-dir", USER_DIR, "--path", checkpoint, "--cpu",
+    command = [fairseq_generate(), args.data_bin, "--user-dir", USER_DIR, "--path", checkpoint, "--cpu",
                "--gen-subset", args.subset, "--beam", str(beam), "--max-tokens", "4096",
                "--required-batch-size-multiple", "1", "--max-len-a", "1.2", "--max-len-b", "10",
                "--remove-bpe", "subword_nmt", "--results-path", out_prefix]
     code, _, peak_mb = run_measured(command, out_prefix + ".log", env)
-    speed = generation_speed(os.path.join(out_prefix, f"generate-{args.subset}.txt"))
+    speed = generation_speed(out_prefix + ".log")
     if code != 0 or speed is None:
         fail(f"fairseq-generate of {checkpoint} failed (exit {code}); see {out_prefix}.log")
     return speed, peak_mb

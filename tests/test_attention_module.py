@@ -284,6 +284,10 @@ def test_self_attention_incremental_matches_parallel_with_reorder(feature_map):
     state = {}
     rows = torch.arange(4)
     for t in range(10):
+        if t == 2:  # the identity (greedy search) keeps the state as it is
+            kept = dict(module._get_input_buffer(state))
+            module.reorder_incremental_state(state, torch.arange(4))
+            assert all(module._get_input_buffer(state)[name] is tensor for name, tensor in kept.items())
         if t == 4:  # beam reorder with duplication
             order = torch.tensor([1, 1, 3, 0])
             module.reorder_incremental_state(state, order)

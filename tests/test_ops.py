@@ -11,7 +11,7 @@ from adamra_fairseq.ops.bidirectional import (
 from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
-from adamra_fairseq.ops.recurrent import causal_step, initial_state
+from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
 
 TOL = 1e-9
 
@@ -264,3 +264,20 @@ def test_decay_in_every_causal_path_matches_naive(rate, chunk_factor):
     assert torch.allclose(causal_attention(q, k, v, rate, rate * chunk_factor, block_decay=torch.ones(2)),
                           causal_attention(q, k, v, rate, rate * chunk_factor), atol=TOL)
     assert not torch.allclose(actual, causal_attention(q, k, v, rate, rate * chunk_factor), atol=1e-3)
+
+
+def test_recurrent_decay_scale_is_folded_in_before_it_underflows():
+    """The recurrent state keeps a decayed [S | z] as scale * matrix; a fast decay drives the scale past
+    RESCALE_BELOW within a few steps, which folds it into the matrix: still equal to the naive reference."""
+    q, k, v = random_qkv(heads=2, length=30, seed=15)
+    decay = torch.tensor([1e-3, 0.5], dtype=torch.float64)
+    expected = naive_adamra_attention(q, k, v, [1, 2], causal=True, block_decay=decay.tolist())
+    batch, heads, length, dim = q.shape
+    state = initial_state(batch, heads, dim, dim, q.dtype, q.device)
+    steps, smallest = [], 1.0
+    for t in range(length):
+        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor([1, 2]), block_decay=decay)
+        steps.append(out)
+        smallest = min(smallest, float(state["scale"].min()))
+    assert torch.allclose(torch.stack(steps, dim=2), expected, atol=TOL)
+    assert RESCALE_BELOW * 1e-3 <= smallest < 1e-9  # it got small, and was folded in before 1e-12 * g

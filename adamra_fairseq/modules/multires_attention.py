@@ -305,13 +305,15 @@ class MultiResolutionAttention(nn.Module):
         """Selects ``new_order`` (beam reordering, or a smaller batch) on dim 0 of every state tensor.
 
         The source cache of cross-attention is left alone when the batch keeps its size (the
-        contract of fairseq's ``MultiheadAttention``: such a reorder stays within each sentence's beam).
+        contract of fairseq's ``MultiheadAttention``: such a reorder stays within each sentence's beam),
+        and every state when ``new_order`` is the identity (greedy search, until a sentence ends).
         """
         buffer = self._get_input_buffer(incremental_state)
-        if buffer and self.encoder_decoder_attention:
-            rows = next((tensor.size(0) for tensor in buffer.values() if tensor is not None), None)
-            if rows == new_order.size(0):
-                return incremental_state
+        rows = next((tensor.size(0) for tensor in buffer.values() if tensor is not None), None)
+        if rows == new_order.size(0) and (
+            self.encoder_decoder_attention or torch.equal(new_order, torch.arange(rows, device=new_order.device))
+        ):
+            return incremental_state
         if buffer:
             reordered = {
                 name: tensor.index_select(0, new_order) if tensor is not None else None

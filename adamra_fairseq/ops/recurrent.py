@@ -1,7 +1,8 @@
 """One step of causal AdaMRA attention for incremental decoding.
 
 Per head the state holds the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
-see ``bidirectional.with_ones``) and the open block's running sums of k and
+see ``bidirectional.with_ones``), kept as a scale times a matrix so that a
+decay multiplies only the scale, and the open block's running sums of k and
 of ``[v, 1]`` (whose last entry counts its tokens). A step adds the new token
 to the running sums, reads ``phi(q)`` against the complete blocks plus the
 open block's means, and folds the open block into ``[S | z]`` once it holds r
@@ -19,6 +20,9 @@ from .bidirectional import accumulation_dtype, normalise, with_ones
 from .feature_maps import FeatureMap, elu_plus_one
 
 State = Dict[str, torch.Tensor]
+# A decayed state keeps [S | z] as scale * matrix; once a scale falls below this, it is folded into the
+# matrix (the matrix then holds values up to about 1 / RESCALE_BELOW times the true ones: far from overflow).
+RESCALE_BELOW = 1e-12
 
 
 def initial_state(
@@ -28,6 +32,7 @@ def initial_state(
     acc = accumulation_dtype(dtype)
     return {
         "summary": torch.zeros(batch, heads, feature_dim or dim, value_dim + 1, dtype=acc, device=device),
+        "scale": torch.ones(batch, heads, 1, dtype=acc, device=device),
         "open_k": torch.zeros(batch, heads, dim, dtype=acc, device=device),
         "open_v": torch.zeros(batch, heads, value_dim + 1, dtype=acc, device=device),
     }
@@ -66,17 +71,22 @@ def causal_step(
     own_v = open_v / count  # [mean v, 1]
     phi_q = feature_map(q)
     own_weight = (phi_q * phi_own).sum(dim=-1, keepdim=True)
-    read = (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_weight * own_v
+    scale = state["scale"]  # (B, H, 1): the complete blocks' [S | z] is scale * state["summary"]
+    read = scale * (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_weight * own_v
     complete = count == head_rates.to(acc)[None, :, None]  # (B, H, 1): the open block is full
-    # S + phi(kbar) [vbar | 1]^T where the block completes (times g with a decay), else S; the outer
-    # product is added in one pass, without a full-size fold tensor
-    summary, fold_weight = state["summary"], phi_own * complete
+    # [S | z] <- g ([S | z] + phi(kbar) [vbar | 1]^T) where the block completes (g = 1 without decay), else
+    # unchanged. The decay goes into the scale, so the stored matrix is touched once, by the outer product.
+    fold_weight = phi_own * complete / scale
+    summary = torch.addcmul(state["summary"], fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
     if block_decay is not None:
-        factor = torch.where(complete, block_decay.to(acc)[None, :, None], 1.0)
-        summary, fold_weight = summary * factor.unsqueeze(-1), fold_weight * factor
-    summary = torch.addcmul(summary, fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
+        scale = scale * torch.where(complete, block_decay.to(acc)[None, :, None], 1.0)
+        small = scale < RESCALE_BELOW
+        if bool(small.any()):  # fold a tiny scale into the matrix before it can underflow
+            summary = summary * torch.where(small, scale, 1.0).unsqueeze(-1)
+            scale = torch.where(small, 1.0, scale)
     new_state = {
         "summary": summary,
+        "scale": scale,
         "open_k": open_k.masked_fill(complete, 0.0),
         "open_v": open_v.masked_fill(complete, 0.0),
     }
