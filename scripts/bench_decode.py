@@ -21,7 +21,7 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import REPO_ROOT, fail, generation_speed, run_measured  # noqa: E402
+from compare import REPO_ROOT, fail, generation_speed, print_and_save_table, require_data_bin, run_measured  # noqa: E402
 
 USER_DIR = os.path.join(REPO_ROOT, "adamra_fairseq")
 
@@ -55,8 +55,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_decode.json"))
     args = parser.parse_args()
-    if not os.path.isfile(os.path.join(args.data_bin, "preprocessing.json")):
-        fail(f"{args.data_bin} is not a data-bin of this project: run examples/translation/prepare-debian-de-en.sh")
+    require_data_bin(args.data_bin)
     try:
         beams = [int(beam) for beam in args.beams.split(",")]
     except ValueError:
@@ -98,11 +97,7 @@ def main():
             record.update(median_tokens_per_s=speed, ratio=speed / base)
             lines.append(f"| {name} | {beam} | {speed:.0f} | {speed / base:.2f}x | "
                          f"{statistics.median(record['peak_mb']):.0f} |")
-    print("\n".join(lines))
-    with open(args.out, "w") as handle:
-        json.dump({"command": sys.argv, "subset": args.subset, "threads": args.threads, "results": results,
-                   "table": lines}, handle, indent=1)
-    print(f"wrote {args.out}")
+    print_and_save_table(lines, args.out, {"subset": args.subset, "threads": args.threads, "results": results})
 
 
 if __name__ == "__main__":

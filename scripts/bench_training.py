@@ -24,7 +24,7 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ARCHS, REPO_ROOT, fail, run_measured  # noqa: E402
+from compare import ARCHS, REPO_ROOT, fail, print_and_save_table, require_data_bin, run_measured  # noqa: E402
 
 
 def train_speed(arch, flags, args, log_path, env):
@@ -60,8 +60,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_training.json"))
     args = parser.parse_args()
-    if not os.path.isfile(os.path.join(args.data_bin, "preprocessing.json")):
-        fail(f"{args.data_bin} is not a data-bin of this project: run examples/translation/prepare-debian-de-en.sh")
+    require_data_bin(args.data_bin)
     if args.updates < 2 * args.log_interval:
         fail(f"--updates {args.updates} must be at least twice --log-interval {args.log_interval}")
     runs = [("transformer", ARCHS[args.size]["transformer"], []), ("adamra", ARCHS[args.size]["adamra"], [])]
@@ -92,11 +91,8 @@ def main():
         record.update(median_words_per_s=speed, ratio=speed / base)
         lines.append(f"| {name} | {' '.join(record['flags']) or '-'} | {speed:.0f} | {speed / base:.2f}x "
                      f"| {statistics.median(record['peak_mb']):.0f} |")
-    print("\n".join(lines))
-    with open(args.out, "w") as handle:
-        json.dump({"command": sys.argv, "size": args.size, "heads": args.heads, "updates": args.updates,
-                   "threads": args.threads, "results": results, "table": lines}, handle, indent=1)
-    print(f"wrote {args.out}")
+    print_and_save_table(lines, args.out, {"size": args.size, "heads": args.heads, "updates": args.updates,
+                                           "threads": args.threads, "results": results})
 
 
 if __name__ == "__main__":

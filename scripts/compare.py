@@ -63,6 +63,20 @@ def fail(message):
     sys.exit(2)
 
 
+def require_data_bin(path):
+    """Stops with a one-line error unless ``path`` is a data-bin made by this project's recipes."""
+    if not os.path.isfile(os.path.join(path, "preprocessing.json")):
+        fail(f"{path} is not a data-bin of this project: run examples/translation/prepare-debian-de-en.sh")
+
+
+def print_and_save_table(lines, out, payload):
+    """Prints the table ``lines`` and writes ``payload`` plus the table and the command line as JSON to ``out``."""
+    print("\n".join(lines))
+    with open(out, "w") as handle:
+        json.dump({"command": sys.argv, **payload, "table": lines}, handle, indent=1)
+    print(f"wrote {out}")
+
+
 def run_measured(command, log_path, env, watcher=None, label="", append=False):
     """Runs ``command`` with stdout+stderr to ``log_path`` (appended to if ``append``); returns
     (exit code, seconds, peak RSS in MB). A ``watcher`` (scripts/progress.py) is polled meanwhile and its
