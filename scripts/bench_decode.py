@@ -14,7 +14,6 @@ The table gives medians and the ratio to the first checkpoint named.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys

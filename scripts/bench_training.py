@@ -16,7 +16,6 @@ transformer.
 """
 
 import argparse
-import json
 import os
 import shlex
 import statistics
