@@ -9,7 +9,7 @@ nonlinearity registered here under the same name.
 """
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, Dict
 
 import torch
@@ -96,8 +96,9 @@ LEARNED_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
 }
 
 
+@lru_cache(maxsize=None)
 def output_width(feature_map: FeatureMap, input_width: int) -> int:
-    """Width F of ``feature_map`` applied to vectors of width ``input_width`` (read off one application)."""
+    """Width F of ``feature_map`` applied to vectors of width ``input_width`` (read off one application, once)."""
     return feature_map(torch.zeros(1, input_width)).size(-1)
 
 
