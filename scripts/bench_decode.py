@@ -20,20 +20,16 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import REPO_ROOT, fail, generation_speed, print_and_save_table, require_data_bin, run_measured  # noqa: E402
+from compare import (  # noqa: E402
+    REPO_ROOT, fail, fairseq_command, generation_speed, print_and_save_table, require_data_bin, run_measured,
+)
 
 USER_DIR = os.path.join(REPO_ROOT, "adamra_fairseq")
 
 
-def fairseq_generate() -> str:
-    """fairseq-generate next to this Python (a virtual environment need not be activated), else from PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
-    return beside if os.path.isfile(beside) else "fairseq-generate"
-
-
 def decode(checkpoint, beam, args, out_prefix, env):
     """(tokens/s, peak MB) of one fairseq-generate run; hypotheses in ``out_prefix``.txt."""
-    command = [fairseq_generate(), args.data_bin, "--user-dir", USER_DIR, "--path", checkpoint, "--cpu",
+    command = [fairseq_command("fairseq-generate"), args.data_bin, "--user-dir", USER_DIR, "--path", checkpoint, "--cpu",
                "--gen-subset", args.subset, "--beam", str(beam), "--max-tokens", "4096",
                "--required-batch-size-multiple", "1", "--max-len-a", "1.2", "--max-len-b", "10",
                "--remove-bpe", "subword_nmt", "--results-path", out_prefix]

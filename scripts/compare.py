@@ -63,6 +63,13 @@ def fail(message):
     sys.exit(2)
 
 
+def fairseq_command(name):
+    """A fairseq CLI (``fairseq-generate``, ...) next to this Python, so that a virtual environment need
+    not be activated; else the name, found on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.isfile(beside) else name
+
+
 def require_data_bin(path):
     """Stops with a one-line error unless ``path`` is a data-bin made by this project's recipes."""
     if not os.path.isfile(os.path.join(path, "preprocessing.json")):

@@ -24,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import REPO_ROOT, fail  # noqa: E402
+from compare import REPO_ROOT, fail, fairseq_command  # noqa: E402
 
 SCORE_LINE = re.compile(r"BLEU = ([0-9.]+) .*ratio = ([0-9.]+)")
 
@@ -32,7 +32,7 @@ SCORE_LINE = re.compile(r"BLEU = ([0-9.]+) .*ratio = ([0-9.]+)")
 def generate(data_bin, checkpoint, subset, lenpen, out_txt, env, remove_bpe):
     """Runs fairseq-generate into ``out_txt`` unless it exists; returns (BLEU, length ratio) of its last line."""
     if not os.path.isfile(out_txt):
-        command = ["fairseq-generate", data_bin, "--user-dir", os.path.join(REPO_ROOT, "adamra_fairseq"),
+        command = [fairseq_command("fairseq-generate"), data_bin, "--user-dir", os.path.join(REPO_ROOT, "adamra_fairseq"),
                    "--path", checkpoint, "--gen-subset", subset, "--beam", "5", "--lenpen", str(lenpen),
                    "--max-len-a", "1.2", "--max-len-b", "10", "--max-tokens", "4096",
                    "--required-batch-size-multiple", "1", "--remove-bpe", remove_bpe, "--scoring", "sacrebleu"]
