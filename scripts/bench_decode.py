@@ -21,18 +21,12 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (  # noqa: E402
-    REPO_ROOT, fail, fairseq_command, generation_speed, print_and_save_table, require_data_bin, run_measured,
+    REPO_ROOT, fail, generate_command, generation_speed, print_and_save_table, require_data_bin, run_measured,
 )
-
-USER_DIR = os.path.join(REPO_ROOT, "adamra_fairseq")
-
 
 def decode(checkpoint, beam, args, out_prefix, env):
     """(tokens/s, peak MB) of one fairseq-generate run; hypotheses in ``out_prefix``.txt."""
-    command = [fairseq_command("fairseq-generate"), args.data_bin, "--user-dir", USER_DIR, "--path", checkpoint, "--cpu",
-               "--gen-subset", args.subset, "--beam", str(beam), "--max-tokens", "4096",
-               "--required-batch-size-multiple", "1", "--max-len-a", "1.2", "--max-len-b", "10",
-               "--remove-bpe", "subword_nmt", "--results-path", out_prefix]
+    command = generate_command(args.data_bin, checkpoint, args.subset, beam, True, "--results-path", out_prefix)
     code, _, peak_mb = run_measured(command, out_prefix + ".log", env)
     speed = generation_speed(out_prefix + ".log")
     if code != 0 or speed is None:

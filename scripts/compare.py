@@ -70,6 +70,18 @@ def fairseq_command(name):
     return beside if os.path.isfile(beside) else name
 
 
+def generate_command(data_bin, checkpoint, subset, beam, cpu, *extra):
+    """A ``fairseq-generate`` command line with the settings of scripts/generate.sh (BPE removal as the
+    data-bin's preprocessing.json says, ``--max-len-a 1.2 --max-len-b 10``, ``--max-tokens 4096``), then ``extra``."""
+    with open(os.path.join(data_bin, "preprocessing.json")) as handle:
+        bpe = json.load(handle)["bpe"]
+    command = [fairseq_command("fairseq-generate"), data_bin, "--user-dir", os.path.join(REPO_ROOT, "adamra_fairseq"),
+               "--path", checkpoint, "--gen-subset", subset, "--beam", str(beam),
+               "--max-len-a", "1.2", "--max-len-b", "10", "--max-tokens", "4096", "--required-batch-size-multiple", "1",
+               "--remove-bpe", "sentencepiece" if bpe == "sentencepiece" else "subword_nmt"]
+    return command + (["--cpu"] if cpu else []) + list(extra)
+
+
 def require_data_bin(path):
     """Stops with a one-line error unless ``path`` is a data-bin made by this project's recipes."""
     if not os.path.isfile(os.path.join(path, "preprocessing.json")):
@@ -308,7 +320,6 @@ def main():
     args.init_dirs = init_from
     if init_from and args.finetune_from:
         fail("--finetune-from already says where the models start: drop --init-from")
-
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 

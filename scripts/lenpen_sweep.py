@@ -24,20 +24,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import REPO_ROOT, fail, fairseq_command  # noqa: E402
+from compare import REPO_ROOT, fail, generate_command  # noqa: E402
 
 SCORE_LINE = re.compile(r"BLEU = ([0-9.]+) .*ratio = ([0-9.]+)")
 
 
-def generate(data_bin, checkpoint, subset, lenpen, out_txt, env, remove_bpe):
+def generate(data_bin, checkpoint, subset, lenpen, out_txt, env):
     """Runs fairseq-generate into ``out_txt`` unless it exists; returns (BLEU, length ratio) of its last line."""
     if not os.path.isfile(out_txt):
-        command = [fairseq_command("fairseq-generate"), data_bin, "--user-dir", os.path.join(REPO_ROOT, "adamra_fairseq"),
-                   "--path", checkpoint, "--gen-subset", subset, "--beam", "5", "--lenpen", str(lenpen),
-                   "--max-len-a", "1.2", "--max-len-b", "10", "--max-tokens", "4096",
-                   "--required-batch-size-multiple", "1", "--remove-bpe", remove_bpe, "--scoring", "sacrebleu"]
-        if not torch.cuda.is_available():
-            command.append("--cpu")
+        command = generate_command(data_bin, checkpoint, subset, 5, not torch.cuda.is_available(),
+                                   "--lenpen", str(lenpen), "--scoring", "sacrebleu")
         with open(out_txt + ".tmp", "w") as handle:
             code = subprocess.run(command, stdout=handle, stderr=subprocess.DEVNULL, env=env).returncode
         if code != 0:
@@ -74,8 +70,6 @@ def main():
     with open(manifest) as handle:
         preprocessing = json.load(handle)
     test_sets = preprocessing["test_sets"]
-    # as scripts/generate.sh: sentencepiece corpora (--spm) need their own BPE removal
-    remove_bpe = "sentencepiece" if preprocessing["bpe"] == "sentencepiece" else "subword_nmt"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=REPO_ROOT)
 
     results = {}
@@ -83,12 +77,12 @@ def main():
         folder = os.path.join(args.out, name)
         os.makedirs(folder, exist_ok=True)
         valid = {lenpen: generate(args.data_bin, checkpoint, "valid", lenpen,
-                                  os.path.join(folder, f"valid-lenpen{lenpen:g}.txt"), env, remove_bpe) for lenpen in lenpens}
+                                  os.path.join(folder, f"valid-lenpen{lenpen:g}.txt"), env) for lenpen in lenpens}
         best = max(lenpens, key=lambda lenpen: valid[lenpen][0])
         tests = {}
         for subset, test_name in test_sets.items():
             out_txt = os.path.join(folder, f"{subset}-lenpen{best:g}.txt")
-            _, ratio = generate(args.data_bin, checkpoint, subset, best, out_txt, env, remove_bpe)
+            _, ratio = generate(args.data_bin, checkpoint, subset, best, out_txt, env)
             scores_path = out_txt[:-4] + ".json"
             subprocess.run([sys.executable, "-m", "adamra_fairseq.evaluation", "--data-bin", args.data_bin,
                             "--subset", subset, "--json", scores_path, out_txt], env=env, check=True,

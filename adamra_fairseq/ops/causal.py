@@ -91,8 +91,9 @@ def causal_attention(
     if kernel is not None:  # weights from N-wide dot products; the features only for a carried state
         own_weight = kernel((q * k_running).sum(dim=-1, keepdim=True))
         scores = kernel(q_chunks @ k_block.transpose(3, 4))
-        phi_q_chunks = feature_map(q_chunks) if num_chunks > 1 else None
-        phi_k_block = feature_map(k_block) if num_chunks > 1 else None
+        phi_q_chunks = phi_k_block = None
+        if num_chunks > 1:
+            phi_q_chunks, phi_k_block = feature_map(q_chunks), feature_map(k_block)
     else:
         phi_q = feature_map(q)
         phi_k_running = feature_map(k_running)

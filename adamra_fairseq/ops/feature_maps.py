@@ -1,7 +1,8 @@
 """Non-negative feature maps phi that replace softmax in kernel attention.
 
 A feature map takes ``(..., N)`` to ``(..., F)``; :func:`feature_width` gives F
-for an input width N, :func:`pair_width` the cost of one weight ``phi(q).phi(k)``. The ops apply these parameter-free maps to (pooled)
+for an input width N, :func:`pair_width` the cost of one weight
+``phi(q).phi(k)``. The ops apply these parameter-free maps to (pooled)
 queries and keys. The *learned* maps (``hedgehog``, ``t2r``) are a per-head
 linear projection of q and k (a parameter of the attention module, applied
 before pooling: a linear map commutes with block means) followed by the
