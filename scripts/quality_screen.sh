@@ -24,6 +24,7 @@ SEEDS="${SEEDS:-1}"
 COMMON=(--data-bin "$DATA_BIN" --seeds "$SEEDS" --max-update 1000 --heads 4 --size tiny --threads "$THREADS")
 
 HH="--adamra-feature-map hedgehog --adamra-cross-rates 1"
+TT="$HH --adamra-decay learned --adamra-cross-feature-map taylor2 --adamra-cross-qk-norm scale"  # the tuned-taylor preset
 declare -A VARIANTS=(
     # each option alone
     [default]=""  # the original preset
@@ -44,10 +45,15 @@ declare -A VARIANTS=(
     [hh-cross1-decay-xscale]="$HH --adamra-decay learned --adamra-cross-qk-norm scale"
     [hh-cross1-decay-both]="$HH --adamra-decay learned --adamra-normaliser both"
     [hh-cross1-decay-xtaylor2-xscale]="$HH --adamra-decay learned --adamra-cross-feature-map taylor2 --adamra-cross-qk-norm scale"
+    # around tuned-taylor
+    [tt-rates1]="$TT --adamra-rates 1"
+    [tt-wide]="$TT --adamra-feature-dim 64"
+    [tt-xsoftmax]="$TT --adamra-attention encoder,decoder"
+    [tt-both]="$TT --adamra-normaliser both"
     [taylor2-scale-cross1-decay]="--adamra-feature-map taylor2 --adamra-qk-norm scale --adamra-cross-rates 1 --adamra-decay learned"
 )
 ORDER=(default hedgehog l2 norm cross-rate1 hh-cross1 hh-cross1-decay hh-cross1-decay-l2 hh-cross1-decay-wide hh-cross1-xtaylor2
-       hh-cross1-decay-xscale hh-cross1-decay-both hh-cross1-decay-xtaylor2-xscale taylor2-scale-cross1-decay decay scale t2r taylor2)
+       hh-cross1-decay-xscale hh-cross1-decay-both hh-cross1-decay-xtaylor2-xscale tt-rates1 tt-wide tt-xsoftmax tt-both taylor2-scale-cross1-decay decay scale t2r taylor2)
 
 run_variant() {  # $1 = name
     local name="$1" flags

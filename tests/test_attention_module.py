@@ -7,6 +7,7 @@ import torch
 
 from adamra_fairseq.modules import MultiResolutionAttention
 from adamra_fairseq.modules.options import AdaMRAOptions
+from adamra_fairseq.modules.query_key_transform import QueryKeyTransform
 from adamra_fairseq.ops.naive import naive_adamra_attention
 
 EMBED, HEADS = 32, 8
@@ -166,6 +167,7 @@ VARIANTS = [
     ("none", "taylor2", 0, "denominator"),
     ("l2", "elu", 0, "norm"),
     ("scale", "hedgehog", 6, "denominator"),
+    ("scale", "taylor2", 3, "denominator"),  # taylor2 after a learned projection to 3
 ]
 
 
@@ -223,6 +225,16 @@ def test_folded_query_key_projection_equals_projection_then_transform(settings):
         heads = module._heads(linear(x))
         separate = transform.queries(heads) if is_query else transform.keys(heads)
         assert torch.allclose(module._heads(torch.nn.functional.linear(x, *folded)), separate, atol=1e-12)
+
+
+def test_taylor2_with_a_width_projects_first_and_keeps_dot_products_on_average():
+    module = make_module(feature_map="taylor2", feature_dim=3)
+    assert module.query_key.weight.shape == (HEADS, EMBED // HEADS, 3)
+    assert module.feature_dim == 1 + 3 + 3 * 4 // 2  # taylor2 of 3-wide vectors
+    assert make_module(feature_map="taylor2").query_key.weight is None  # no width: no projection
+    wide = QueryKeyTransform(2, 16, feature_map="taylor2", feature_dim=8192).weight
+    gram = wide @ wide.transpose(1, 2)  # (H, D, D): E[W W^T] = I
+    assert torch.allclose(gram, torch.eye(16).expand_as(gram), atol=0.1)
 
 
 def test_learned_decay_matches_reference_and_incremental_equals_parallel():

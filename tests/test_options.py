@@ -34,9 +34,9 @@ BAD_INPUTS = [
     (dict(adamra_cross_qk_norm="L2"), "--adamra-cross-qk-norm 'L2' is unknown"),
     (dict(adamra_normaliser="rms"), "--adamra-normaliser 'rms' is unknown: choose one of denominator, norm, both"),
     (dict(adamra_feature_dim=-1, adamra_feature_map="t2r"), "--adamra-feature-dim -1 is invalid"),
-    (dict(adamra_feature_dim=32), "--adamra-feature-dim 32 applies only to the learned feature maps (hedgehog, t2r), "
-                                  "not to elu"),
-    (dict(adamra_cross_feature_dim=8, adamra_cross_feature_map="taylor2"), "--adamra-cross-feature-dim 8 applies only"),
+    (dict(adamra_feature_dim=32), "--adamra-feature-dim 32 applies only to the learned feature maps (hedgehog, t2r) "
+                                  "and to taylor2, not to elu"),
+    (dict(adamra_cross_feature_dim=8, adamra_cross_feature_map="dpfp1"), "--adamra-cross-feature-dim 8 applies only"),
     (dict(adamra_cross_rates="1,2,4"), "--adamra-cross-rates has 3 rates, which does not divide --decoder-attention-heads=8"),
     (dict(adamra_cross_rates="1,0"), "--adamra-cross-rates: rate 0 is below 1"),
     (dict(adamra_attention="encoder,ffn"), "--adamra-attention 'encoder,ffn' is invalid"),
@@ -74,6 +74,16 @@ def test_cross_flags_override_only_cross_attention():
     cross = parse_adamra_options(namespace(adamra_feature_map="hedgehog", adamra_feature_dim=32,
                                            adamra_cross_feature_map="elu")).for_cross_attention()
     assert (cross.feature_map, cross.feature_dim) == ("elu", 0)
+    # nor does taylor2, which takes a width (a projection) only when asked for one
+    cross = parse_adamra_options(namespace(adamra_feature_map="hedgehog", adamra_feature_dim=32,
+                                           adamra_cross_feature_map="taylor2")).for_cross_attention()
+    assert (cross.feature_map, cross.feature_dim) == ("taylor2", 0)
+    cross = parse_adamra_options(namespace(adamra_feature_map="hedgehog", adamra_cross_feature_map="taylor2",
+                                           adamra_cross_feature_dim=8)).for_cross_attention()
+    assert (cross.feature_map, cross.feature_dim) == ("taylor2", 8)
+    # the same map in both places shares its width
+    cross = parse_adamra_options(namespace(adamra_feature_map="taylor2", adamra_feature_dim=8)).for_cross_attention()
+    assert (cross.feature_map, cross.feature_dim) == ("taylor2", 8)
     # cross rates need only divide the decoder's heads
     parse_adamra_options(namespace(adamra_rates="1,2", adamra_cross_rates="1,2,4,8", encoder_attention_heads=2,
                                    adamra_attention="encoder,cross"))

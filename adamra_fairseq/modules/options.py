@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Mapping, Tuple
 
-from ..ops.feature_maps import FEATURE_MAPS, LEARNED_FEATURE_MAPS
+from ..ops.feature_maps import FEATURE_MAPS, LEARNED_FEATURE_MAPS, NARROWABLE_FEATURE_MAPS, accepts_feature_dim
 from .query_key_transform import QK_NORMS
 
 ROUTINGS = ("soft", "top1")
@@ -82,7 +82,8 @@ def add_adamra_args(parser) -> None:
                         "features), taylor2 = 2nd-order Taylor of exp (1+N+N(N+1)/2 features), hedgehog = "
                         "[softmax(xW), softmax(-xW)] with a learned per-head W (identity at start; 2N features), "
                         "t2r = relu(xW+b) with learned W, b (N features); N is the head width or --adamra-feature-dim"),
-        "feature_dim": ("N", int, "input width N of a learned feature map (hedgehog, t2r); 0 = the head width"),
+        "feature_dim": ("N", int, "input width N of a learned feature map (hedgehog, t2r; 0 = the head width), "
+                        "or of taylor2 after a learned per-head projection to N (0 = no projection)"),
         "qk_norm": ("|".join(QK_NORMS), str,
                     "before phi: none; scale = q times head_dim^-1/2; l2 = q and k l2-normalised, times the "
                     "square root of a learned per-head temperature"),
@@ -243,13 +244,16 @@ def _per_place_values(args, prefix: str, fallback: Mapping[str, object]) -> Dict
     for name in PER_PLACE:
         raw = getattr(args, prefix + name, None)
         values[name] = fallback[name] if raw is None else PER_PLACE_PARSERS[name](raw, _flag(prefix + name))
-    if getattr(args, prefix + "feature_dim", None) is None and values["feature_map"] not in LEARNED_FEATURE_MAPS:
-        values["feature_dim"] = 0  # an inherited width of a learned map does not apply to this one
+    # An inherited width applies to a learned map, or to the same map as where it comes from.
+    inherits_width = values["feature_map"] in LEARNED_FEATURE_MAPS or values["feature_map"] == fallback.get("feature_map")
+    if getattr(args, prefix + "feature_dim", None) is None and not inherits_width:
+        values["feature_dim"] = 0
     feature_dim_flag = _flag(prefix + "feature_dim")
-    if values["feature_dim"] and values["feature_map"] not in LEARNED_FEATURE_MAPS:
+    if values["feature_dim"] and not accepts_feature_dim(values["feature_map"]):
         raise AdaMRAOptionError(
             f"{feature_dim_flag} {values['feature_dim']} applies only to the learned feature maps "
-            f"({', '.join(LEARNED_FEATURE_MAPS)}), not to {values['feature_map']}: set it to 0 or pick one of them"
+            f"({', '.join(LEARNED_FEATURE_MAPS)}) and to {', '.join(NARROWABLE_FEATURE_MAPS)}, "
+            f"not to {values['feature_map']}: set it to 0 or pick one of them"
         )
     return values
 

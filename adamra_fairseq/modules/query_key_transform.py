@@ -10,7 +10,8 @@ chunked, recurrent or cached, sees the same transformed q and k):
      a learned per-head temperature, so that ``q.k = tau_h cos(q, k)``;
      ``tau_h`` starts at ``sqrt(D)``, which gives ``q.k`` the spread of
      softmax attention's scaled logits at initialisation.
-2. the learned projection of the learned feature maps (``hedgehog``, ``t2r``):
+2. the learned projection of the learned feature maps (``hedgehog``, ``t2r``),
+   and of ``taylor2`` when a width ``N`` is asked for:
    ``x -> x W_h (+ b_h)`` with ``W_h`` of shape ``(D, N)`` per head, shared by q
    and k. It is linear, so applying it before the keys are pooled equals
    applying it to the block means.
@@ -29,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..ops.feature_maps import LEARNED_FEATURE_MAPS
+from ..ops.feature_maps import accepts_feature_dim, projection_spec
 
 QK_NORMS = ("none", "scale", "l2")
 
@@ -40,8 +41,10 @@ class QueryKeyTransform(nn.Module):
     Args:
         num_heads: H; head_dim: D.
         qk_norm: one of :data:`QK_NORMS`.
-        feature_map: name of the feature map; learned maps get a projection.
-        feature_dim: N for learned maps (0: N = D); must be 0 for the others.
+        feature_map: name of the feature map; learned maps get a projection, and so does
+            ``taylor2`` with a ``feature_dim``.
+        feature_dim: N for learned maps (0: N = D) and ``taylor2`` (0: no projection); must be 0
+            for the others.
     """
 
     def __init__(self, num_heads: int, head_dim: int, qk_norm: str = "none", feature_map: str = "elu",
@@ -54,22 +57,24 @@ class QueryKeyTransform(nn.Module):
         self.log_temperature: Optional[nn.Parameter] = None
         if qk_norm == "l2":
             self.log_temperature = nn.Parameter(torch.full((num_heads,), 0.5 * math.log(head_dim)))
-        learned = LEARNED_FEATURE_MAPS.get(feature_map)
-        if feature_dim and learned is None:
-            raise ValueError(f"feature_dim applies only to the learned feature maps ({', '.join(LEARNED_FEATURE_MAPS)})")
-        self.output_dim = (feature_dim or head_dim) if learned else head_dim
+        if feature_dim and not accepts_feature_dim(feature_map):
+            raise ValueError(f"feature_dim does not apply to the feature map {feature_map!r}")
+        projection = projection_spec(feature_map, feature_dim)
+        self.output_dim = (feature_dim or head_dim) if projection else head_dim
         self.weight: Optional[nn.Parameter] = None
         self.bias: Optional[nn.Parameter] = None
-        if learned is not None:
+        if projection is not None:
             self.weight = nn.Parameter(torch.empty(num_heads, head_dim, self.output_dim))
-            if learned["bias"]:
+            if projection["bias"]:
                 self.bias = nn.Parameter(torch.zeros(num_heads, self.output_dim))
-            self._init_projection(str(learned["init"]))
+            self._init_projection(str(projection["init"]))
 
     def _init_projection(self, init: str) -> None:
         with torch.no_grad():
             if init == "identity" and self.output_dim == self.head_dim:
                 self.weight.copy_(torch.eye(self.head_dim).expand_as(self.weight))
+            elif init == "isometry":  # E[W W^T] = I: (q W).(k W) equals q.k on average
+                self.weight.normal_(std=self.output_dim ** -0.5)
             else:  # x W keeps the scale of x
                 self.weight.normal_(std=self.head_dim ** -0.5)
 

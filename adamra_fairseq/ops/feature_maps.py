@@ -11,7 +11,7 @@ nonlinearity registered here under the same name.
 
 import math
 from functools import lru_cache, partial
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,27 @@ LEARNED_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
     "hedgehog": {"bias": False, "init": "identity"},
     "t2r": {"bias": True, "init": "random"},
 }
+
+# Fixed maps that take a learned projection to a narrower width N first when a width is asked for
+# (--adamra-feature-dim N > 0): taylor2's F grows as N^2 / 2, so N = D/4 makes its state 14x smaller
+# for 64-wide heads. The projection starts as a random near-isometry (dot products kept on average).
+NARROWABLE_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
+    "taylor2": {"bias": False, "init": "isometry"},
+}
+
+
+def accepts_feature_dim(name: str) -> bool:
+    """Whether ``--adamra-feature-dim`` applies to the feature map ``name``."""
+    return name in LEARNED_FEATURE_MAPS or name in NARROWABLE_FEATURE_MAPS
+
+
+def projection_spec(name: str, feature_dim: int) -> Optional[Dict[str, object]]:
+    """How the per-head projection before map ``name`` looks (bias, init), or None when it has none."""
+    if name in LEARNED_FEATURE_MAPS:
+        return LEARNED_FEATURE_MAPS[name]
+    if feature_dim and name in NARROWABLE_FEATURE_MAPS:
+        return NARROWABLE_FEATURE_MAPS[name]
+    return None
 
 
 @lru_cache(maxsize=None)
