@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from bench_attention import cpu_model, current_rss_kb  # noqa: E402
 
-from adamra_fairseq.modules.options import DEFAULT_PRESET, PRESETS  # noqa: E402
+from adamra_fairseq.modules.options import add_adamra_args  # noqa: E402
 
 MODELS = {"transformer": "transformer", "adamra": "adamra_transformer"}
 FULL_OUTPUT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
@@ -49,7 +49,19 @@ class _Task:
         self.target_dictionary = dictionary
 
 
-def build_model(kind, size, vocab, max_positions, preset):
+def adamra_settings(args):
+    """The ``--adamra-*`` values of a benchmark's command line: the preset, and every flag given."""
+    return {name: value for name, value in vars(args).items() if name.startswith("adamra_") and value is not None}
+
+
+def describe_adamra(settings):
+    """``preset P`` and the other ``--adamra-*`` flags given, for a benchmark's header line."""
+    flags = [f"--{name.replace('_', '-')} {value}" for name, value in settings.items() if name != "adamra_preset"]
+    return " ".join([f"preset {settings['adamra_preset']}"] + flags)
+
+
+def build_model(kind, size, vocab, max_positions, adamra):
+    """A fresh model and its dictionary; ``adamra`` (from :func:`adamra_settings`) sets AdaMRA's options."""
     from argparse import Namespace
 
     from fairseq.data import Dictionary
@@ -67,7 +79,7 @@ def build_model(kind, size, vocab, max_positions, preset):
     args = Namespace(arch=arch, max_source_positions=max_positions, max_target_positions=max_positions,
                      share_all_embeddings=True, criterion="label_smoothed_cross_entropy")
     if kind == "adamra":
-        args.adamra_preset = preset
+        vars(args).update(adamra)
     ARCH_CONFIG_REGISTRY[arch](args)
     torch.manual_seed(0)
     return ARCH_MODEL_REGISTRY[arch].build_model(args, _Task(dictionary)).eval(), dictionary
@@ -79,7 +91,7 @@ def decode_point(kind, source_len, output_len, beam, args):
 
     torch.set_num_threads(args.threads)
     baseline = current_rss_kb()
-    model, dictionary = build_model(kind, args.size, args.vocab, max(source_len, output_len) + 8, args.adamra_preset)
+    model, dictionary = build_model(kind, args.size, args.vocab, max(source_len, output_len) + 8, adamra_settings(args))
     generator = SequenceGenerator([model], dictionary, beam_size=beam, min_len=output_len,
                                   max_len_a=0, max_len_b=output_len)
     torch.manual_seed(1)
@@ -185,8 +197,7 @@ def main():
                         help="model sizes: tiny (128-d, 2+2), small (256-d, 3+3, 4 heads of 64) or iwslt "
                              "(512-d, 6+6, 4 heads)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                        help="AdaMRA's kernel settings (docs/method.md, Presets); default: the model's default")
+    add_adamra_args(parser)  # AdaMRA's settings (docs/method.md); default: the model's default
     parser.add_argument("--batch", type=int, default=1, help="sentences per batch")
     parser.add_argument("--beams", type=str, default="1,5")
     parser.add_argument("--vocab", type=int, default=8000)

@@ -1,7 +1,7 @@
 """Whole-model training steps on long segments: the transformer against AdaMRA, 128 .. 8192 tokens.
 
 usage: python scripts/bench_long.py [--size small|tiny] [--lengths 128,...,8192] [--steps 2]
-                                    [--threads 2] [--device cpu|cuda] [--adamra-preset P]
+                                    [--threads 2] [--device cpu|cuda] [--adamra-* ...]
                                     [--out results/bench_long]
 
 One point = one encoder-decoder training step (forward, label-smoothed
@@ -34,9 +34,9 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 import torch  # noqa: E402
 
 from bench_attention import cpu_model, current_rss_kb  # noqa: E402
-from bench_generate import MODELS, _lengths, build_model, in_child  # noqa: E402
+from bench_generate import MODELS, _lengths, adamra_settings, build_model, describe_adamra, in_child  # noqa: E402
 
-from adamra_fairseq.modules.options import DEFAULT_PRESET, PRESETS  # noqa: E402
+from adamra_fairseq.modules.options import add_adamra_args  # noqa: E402
 
 LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -51,7 +51,7 @@ def train_point(kind, length, args):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     baseline = current_rss_kb()
-    model, dictionary = build_model(kind, args.size, args.vocab, length + 8, args.adamra_preset)
+    model, dictionary = build_model(kind, args.size, args.vocab, length + 8, adamra_settings(args))
     model.train().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(length)
@@ -119,8 +119,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to run (cuda: memory is the CUDA allocator's peak)")
-    parser.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                        help="AdaMRA's kernel settings (docs/method.md, Presets); default: the model's default")
+    add_adamra_args(parser)  # AdaMRA's settings (docs/method.md); default: the model's default
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_long"))
     args = parser.parse_args()
     if args.steps < 1:
@@ -137,7 +136,7 @@ def main():
     logging.getLogger().setLevel(logging.WARNING)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     print(f"training step, {args.size} sizes, one segment of L source and L target tokens, "
-          f"{args.device} ({args.threads} threads), AdaMRA preset {args.adamra_preset}")
+          f"{args.device} ({args.threads} threads), AdaMRA {describe_adamra(adamra_settings(args))}")
     print(f"{'length':>6} | {'transformer tok/s':>17} {'MB':>7} | {'adamra tok/s':>12} {'MB':>7} | "
           f"{'speed x':>7} {'memory x':>8}")
     results = {kind: [] for kind in MODELS}
