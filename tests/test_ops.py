@@ -178,6 +178,19 @@ def test_softmax_pair_halves_are_distributions_that_peak_where_the_input_does():
     assert torch.allclose(features[0, :3], torch.exp(x[0]) / torch.exp(x[0]).sum())
 
 
+def test_softmax_pair_backward_passes_the_gradient_check_and_keeps_only_its_output():
+    x = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(softmax_pair, (x,))
+    upstream = torch.randn(3, 5, 12, dtype=torch.float64)
+    written_out = torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+    expected = torch.autograd.grad(written_out, x, upstream)[0]
+    assert torch.allclose(torch.autograd.grad(softmax_pair(x), x, upstream)[0], expected, atol=1e-12)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        features = softmax_pair(x)
+    assert len(saved) == 1 and saved[0] is features  # the product that reads the features next shares it
+
+
 def test_causal_rejects_chunk_not_multiple_of_rate():
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match="multiple"):

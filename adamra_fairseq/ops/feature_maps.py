@@ -62,12 +62,39 @@ def taylor2(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones_like(x[..., :1]), x, pairs * weight], dim=-1)
 
 
+class _SoftmaxPair(torch.autograd.Function):
+    """``[softmax(u), softmax(-u)]`` keeping only its output for the backward pass.
+
+    Autograd would keep both softmax outputs and, through the product that
+    reads the features next, their concatenation too: twice the memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+        ctx.save_for_backward(features)
+        return features
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (features,) = ctx.saved_tensors
+        positive, negative = features.chunk(2, dim=-1)
+        grad_positive, grad_negative = grad.chunk(2, dim=-1)
+        # softmax's Jacobian-vector product y * (g - <g, y>), the second half with the sign of -u
+        through_positive = positive * (grad_positive - (grad_positive * positive).sum(dim=-1, keepdim=True))
+        through_negative = negative * (grad_negative - (grad_negative * negative).sum(dim=-1, keepdim=True))
+        return through_positive - through_negative
+
+
 def softmax_pair(x: torch.Tensor) -> torch.Tensor:
     """``[softmax(u), softmax(-u)]`` over the feature axis (Hedgehog's map, Zhang et al., 2024): ``(..., N)`` -> ``(..., 2N)``.
 
     Exponential, so spiky: ``phi(q).phi(k)`` is large only where q and k peak
-    on the same features. Each half sums to 1, so it cannot overflow.
+    on the same features. Each half sums to 1, so it cannot overflow. The
+    backward pass keeps only the features (:class:`_SoftmaxPair`).
     """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SoftmaxPair.apply(x)
     return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
 
 
