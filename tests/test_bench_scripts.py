@@ -1,0 +1,53 @@
+"""The benchmark scripts build the model the command line asks for, and the activation probe counts real saves."""
+
+import argparse
+import os
+import sys
+
+import torch
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+
+from bench_generate import adamra_settings, build_model, describe_adamra  # noqa: E402
+from probe_saved_activations import saved_bytes_by_line  # noqa: E402
+
+from adamra_fairseq.modules.options import add_adamra_args  # noqa: E402
+
+
+def parsed(*flags):
+    parser = argparse.ArgumentParser()
+    add_adamra_args(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_adamra_flags_reach_the_benchmarked_model():
+    settings = adamra_settings(parsed("--adamra-cross-feature-dim", "8", "--adamra-rates", "1"))
+    assert settings == {"adamra_preset": "tuned-taylor", "adamra_cross_feature_dim": 8, "adamra_rates": "1"}
+    assert describe_adamra(settings) == "preset tuned-taylor --adamra-rates 1 --adamra-cross-feature-dim 8"
+    model, _ = build_model("adamra", "tiny", 50, 40, settings)
+    layer = model.decoder.layers[0]
+    assert layer.encoder_attn.options.feature_map == "taylor2" and layer.encoder_attn.query_key.output_dim == 8
+    assert layer.self_attn.rates == (1,) and layer.self_attn.options.feature_map == "hedgehog"
+    default, _ = build_model("adamra", "tiny", 50, 40, adamra_settings(parsed()))
+    assert default.decoder.layers[0].encoder_attn.query_key.weight is None  # no width: no projection
+
+
+def test_probe_counts_each_saved_storage_once_under_the_line_that_saved_it():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def toy_model(source, lengths, target):
+        y = torch.nn.functional.relu(x)  # saves its output: 3 x 4 float64
+        return y * y  # saves y twice more: the same storage, already counted
+
+    by_line = saved_bytes_by_line(toy_model, torch.zeros(1, 2), torch.zeros(1, 2))
+    ((line, size),) = by_line.items()
+    assert size == 3 * 4 * 8 and line.startswith("functional.py:") and "relu" in line
+
+    model, dictionary = build_model("adamra", "tiny", 50, 40, adamra_settings(parsed()))
+    model.train()
+    source = torch.randint(dictionary.nspecial, len(dictionary), (3, 6))
+    source[:, -1] = dictionary.eos()
+    lines = saved_bytes_by_line(model, source, source.clone())
+    assert any("_SoftmaxPair" in line for line in lines)  # Hedgehog features, saved by their own function
