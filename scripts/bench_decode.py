@@ -24,6 +24,7 @@ from compare import (  # noqa: E402
     REPO_ROOT, fail, generate_command, generation_speed, print_and_save_table, require_data_bin, run_measured,
 )
 
+
 def decode(checkpoint, beam, args, out_prefix, env):
     """(tokens/s, peak MB) of one fairseq-generate run; hypotheses in ``out_prefix``.txt."""
     command = generate_command(args.data_bin, checkpoint, args.subset, beam, True, "--results-path", out_prefix)

@@ -62,6 +62,10 @@ def taylor2(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones_like(x[..., :1]), x, pairs * weight], dim=-1)
 
 
+def _softmax_halves(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+
+
 class _SoftmaxPair(torch.autograd.Function):
     """``[softmax(u), softmax(-u)]`` keeping only its output for the backward pass.
 
@@ -71,7 +75,7 @@ class _SoftmaxPair(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        features = torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+        features = _softmax_halves(x)
         ctx.save_for_backward(features)
         return features
 
@@ -95,7 +99,7 @@ def softmax_pair(x: torch.Tensor) -> torch.Tensor:
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return _SoftmaxPair.apply(x)
-    return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+    return _softmax_halves(x)
 
 
 FEATURE_MAPS: Dict[str, FeatureMap] = {
