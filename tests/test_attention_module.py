@@ -25,7 +25,7 @@ def randomise_learned_parameters(module):
             module.gate.proj.weight.normal_(std=0.5)
             module.gate.proj.bias.normal_()
         for name, parameter in module.named_parameters():
-            if name.startswith(("query_key.", "head_norm.", "decay_logit")):
+            if name.startswith(("query_key.", "head_norm.", "decay_logit", "memory_queries")):
                 parameter.add_(torch.randn_like(parameter) * 0.3)
 
 
@@ -69,11 +69,14 @@ def reference_forward(module, query, key, mask=None, causal=False):
     divide = module.options.normaliser in ("denominator", "both")
     decay = module.block_decay() if causal and module.decay_logit is not None else None
     out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map, divide=divide,
-                                 block_decay=None if decay is None else decay.tolist())
+                                 block_decay=None if decay is None else decay.tolist(),
+                                 memory_queries=module.memory_queries)
     if module.options.normaliser in ("norm", "both"):
         gain = module.head_norm.gain[None, :, None, :]
         out = out / torch.sqrt(out.square().mean(dim=-1, keepdim=True) + 1e-6) * gain
     out = out.permute(2, 0, 1, 3)  # (T, B, H, D)
+    if module.gate.proj is None:  # one rate: no gate
+        return module.out_proj(out.reshape(query.size(0), query.size(1), EMBED))
     gate = torch.softmax(module.gate.proj(query), dim=-1)  # (T, B, R)
     num_rates = len(module.options.rates)
     if module.options.routing == "soft":
@@ -146,8 +149,9 @@ def make_cross(seed=0, **kwargs):
     return module
 
 
-def test_cross_attention_padding_invariance():
-    module = make_cross()
+@pytest.mark.parametrize("settings", [dict(), dict(memory=5, qk_norm="scale", normaliser="norm")])
+def test_cross_attention_padding_invariance(settings):
+    module = make_cross(**settings)
     source = torch.randn(6, 1, 8, dtype=torch.float64)
     query = torch.randn(4, 1, EMBED, dtype=torch.float64)
     alone, _ = module(query, source, source)
@@ -362,3 +366,22 @@ def test_causal_marker_equals_the_triangular_mask():
     with_mask, _ = module(x, x, x, attn_mask=future_mask(13))
     with_marker, _ = module(x, x, x, attn_mask=causal_marker())
     assert torch.equal(with_mask, with_marker)
+
+
+@pytest.mark.parametrize("rates", [(1,), (1, 4)])
+def test_cross_attention_memory_cached_equals_parallel_and_reference(rates):
+    """--adamra-cross-memory: the written-out compression and softmax read, in training and in decoding."""
+    module = make_cross(rates=rates, memory=3, qk_norm="scale", feature_map="hedgehog")
+    assert module.query_key.weight is None  # no feature map, so no learned projection for it
+    source = torch.randn(7, 2, 8, dtype=torch.float64)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[1, :3] = True
+    queries = torch.randn(4, 2, EMBED, dtype=torch.float64)
+    full, _ = module(queries, source, source, key_padding_mask=mask)
+    assert torch.allclose(full, reference_forward(module, queries, source, mask), atol=1e-10)
+    state = {}
+    steps = [module(queries[t : t + 1], source if t == 0 else None, source if t == 0 else None,
+                    key_padding_mask=mask, incremental_state=state, static_kv=True)[0] for t in range(4)]
+    assert torch.allclose(torch.cat(steps), full, atol=1e-10)
+    cached = module._get_input_buffer(state)
+    assert cached["memory_keys"].shape == (2, HEADS, 3, EMBED // HEADS)  # fixed by L, not by the lengths

@@ -294,3 +294,31 @@ def test_recurrent_decay_scale_is_folded_in_before_it_underflows():
         smallest = min(smallest, float(state["scale"].min()))
     assert torch.allclose(torch.stack(steps, dim=2), expected, atol=TOL)
     assert RESCALE_BELOW * 1e-3 <= smallest < 1e-9  # it got small, and was folded in before 1e-12 * g
+
+
+@pytest.mark.parametrize("rate", [1, 3])
+def test_source_memory_matches_naive_on_left_padded_batches(rate):
+    from adamra_fairseq.ops.source_memory import compress_source, read_memory
+
+    q, k, v = random_qkv(length=6, src_len=13)
+    memory_queries = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask = left_padding_mask([13, 7, 1], 13)
+    expected = naive_adamra_attention(q, k, v, [rate] * 2, mask, memory_queries=memory_queries)
+    k_mean, filled, values = pooled_keys_values(k, v, rate, mask)
+    actual = read_memory(q, *compress_source(k_mean, values[..., :-1], memory_queries, filled))
+    assert torch.allclose(actual, expected, atol=TOL)
+    # a one-token source: every memory row is that token, so every query reads its value
+    assert torch.allclose(actual[2], v[2, :, -1:].expand(-1, 6, -1), atol=TOL)
+
+
+def test_source_memory_read_is_the_softmax_of_its_rows():
+    """A memory with one row per source token and sharp, distinct queries is softmax attention over the source."""
+    from adamra_fairseq.ops.source_memory import compress_source, read_memory
+
+    q, k, v = random_qkv(batch=1, heads=1, length=4, src_len=3, dim=3)
+    k = torch.eye(3, dtype=torch.float64)[None, None] * 3
+    memory_queries = torch.eye(3, dtype=torch.float64)[None] * 100  # row l picks source token l
+    memory_keys, memory_values = compress_source(k, v, memory_queries)
+    assert torch.allclose(memory_keys, k, atol=1e-9) and torch.allclose(memory_values, v, atol=1e-9)
+    softmax_attention = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+    assert torch.allclose(read_memory(q, memory_keys, memory_values), softmax_attention, atol=1e-9)

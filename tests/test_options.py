@@ -39,6 +39,8 @@ BAD_INPUTS = [
     (dict(adamra_cross_feature_dim=8, adamra_cross_feature_map="dpfp1"), "--adamra-cross-feature-dim 8 applies only"),
     (dict(adamra_cross_rates="1,2,4"), "--adamra-cross-rates has 3 rates, which does not divide --decoder-attention-heads=8"),
     (dict(adamra_cross_rates="1,0"), "--adamra-cross-rates: rate 0 is below 1"),
+    (dict(adamra_cross_memory=-1), "--adamra-cross-memory -1 is invalid"),
+    (dict(adamra_cross_memory=8, adamra_attention="encoder,decoder"), "--adamra-cross-memory 8 needs AdaMRA cross"),
     (dict(adamra_attention="encoder,ffn"), "--adamra-attention 'encoder,ffn' is invalid"),
     (dict(adamra_attention=""), "--adamra-attention '' is invalid"),
     (dict(adamra_chunk_size=0), "--adamra-chunk-size 0 is invalid"),
@@ -186,3 +188,9 @@ def test_installed_package_registers_the_model_from_any_directory(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("AdaMRATransformerModel")
+
+
+def test_cross_memory_applies_to_cross_attention_only():
+    options = parse_adamra_options(namespace(adamra_cross_memory=16))
+    assert options.memory == 0 and options.for_cross_attention().memory == 16
+    assert parse_adamra_options(namespace()).for_cross_attention().memory == 0

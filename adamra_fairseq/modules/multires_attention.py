@@ -14,6 +14,9 @@ Which computation runs follows what fairseq passes in:
   later step reuses it. As for fairseq's ``MultiheadAttention``, a reorder
   that keeps the batch size leaves this cache alone: beam search reorders
   only among the hypotheses of one sentence, which share the source.
+  With ``--adamra-cross-memory L`` cross-attention instead compresses the
+  source into ``L`` memory rows per head and reads them with a softmax
+  (``ops/source_memory.py``); decoding caches the rows.
 
 In every path, queries and keys first go through the same per-position
 :class:`QueryKeyTransform` (``--adamra-qk-norm``, the learned feature maps'
@@ -38,6 +41,7 @@ from ..ops.causal import causal_attention
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
 from ..ops.recurrent import causal_step, initial_state
+from ..ops.source_memory import compress_source, read_memory
 from .head_norm import HeadNorm
 from .options import AdaMRAOptions
 from .query_key_transform import QueryKeyTransform
@@ -110,9 +114,14 @@ class MultiResolutionAttention(nn.Module):
         self.options = options
         self.rates = options.rates
         self.heads_per_rate = num_heads // len(options.rates)
+        # With a source memory (cross-attention), the read is a softmax: no feature map, no projection for it.
+        self.memory_queries: Optional[nn.Parameter] = None
         self.query_key = QueryKeyTransform(
-            num_heads, self.head_dim, options.qk_norm, options.feature_map, options.feature_dim
+            num_heads, self.head_dim, options.qk_norm,
+            "elu" if options.memory else options.feature_map, 0 if options.memory else options.feature_dim,
         )
+        if options.memory:
+            self.memory_queries = nn.Parameter(torch.randn(num_heads, options.memory, self.query_key.output_dim))
         self.feature_map = FEATURE_MAPS[options.feature_map]
         self.feature_dim = feature_width(options.feature_map, self.query_key.output_dim)
         self.pair_width = pair_width(self.feature_map, self.query_key.output_dim)
@@ -248,10 +257,29 @@ class MultiResolutionAttention(nn.Module):
         if not (static_kv and cache):
             k, v = self._keys_values(key, value)
             if incremental_state is None or not static_kv:  # training: nothing to keep
+                if self.memory_queries is not None:
+                    return read_memory(q, *self._source_memory(k, v, key_padding_mask))
                 return self._bidirectional(q, k, v, key_padding_mask)
-            cache = self._source_cache(k, v, key_padding_mask)
+            if self.memory_queries is not None:
+                cache = dict(zip(("memory_keys", "memory_values"), self._source_memory(k, v, key_padding_mask)))
+            else:
+                cache = self._source_cache(k, v, key_padding_mask)
             self._set_input_buffer(incremental_state, cache)
+        if self.memory_queries is not None:
+            return read_memory(q, cache["memory_keys"], cache["memory_values"])
         return torch.cat([self._read_cache(qg, cache, group) for group, qg in enumerate(self._groups(q))], dim=1)
+
+    def _source_memory(self, k, v, key_padding_mask) -> Tuple[Tensor, Tensor]:
+        """``--adamra-cross-memory``: each rate group's pooled source compressed into the memory rows,
+        keys ``(B, H, L, N)`` and values ``(B, H, L, D)`` in the accumulation dtype."""
+        keys, values = [], []
+        groups = zip(self._groups(k), self._groups(v), self.rates, self.memory_queries.split(self.heads_per_rate))
+        for kg, vg, rate, queries in groups:
+            k_mean, filled, values_with_ones = pooled_keys_values(kg, vg, rate, key_padding_mask)
+            memory_keys, memory_values = compress_source(k_mean, values_with_ones[..., :-1], queries, filled)
+            keys.append(memory_keys)
+            values.append(memory_values)
+        return torch.cat(keys, dim=1), torch.cat(values, dim=1)
 
     def _source_cache(self, k, v, key_padding_mask) -> Dict[str, Optional[Tensor]]:
         """Per rate group g: ``summary{g}`` ``(B, h, F, D + 1)``, or, where reading the blocks is cheaper,

@@ -52,6 +52,7 @@ DEFAULTS = {
     "adamra_balance_loss": 0.0,
     **PRESETS[DEFAULT_PRESET],
     "adamra_attention": "encoder,decoder,cross",
+    "adamra_cross_memory": 0,
     "adamra_chunk_size": 64,
     "adamra_eps": 1e-6,
 }
@@ -98,6 +99,11 @@ def add_adamra_args(parser) -> None:
         group.add_argument(_flag("adamra_cross_" + name), type=kind, metavar=metavar,
                            help=f"the same for encoder-decoder attention only (default "
                                 f"{_describe_default('adamra_cross_' + name, _flag('adamra_' + name))})")
+    group.add_argument("--adamra-cross-memory", type=int, metavar="L",
+                       help="encoder-decoder attention only: 0 = kernel attention over the source; L > 0 = "
+                            "compress the source into L learned memory rows per head (a softmax over source "
+                            "positions) and read them with softmax attention, linear in both lengths; the "
+                            "cross feature map and its width are then unused (default 0)")
     group.add_argument("--adamra-routing", type=str, metavar="|".join(ROUTINGS),
                        help="per-position resolution gate: soft scales every rate's heads by R*g, top1 keeps "
                             f"only the arg-max rate's heads (default {DEFAULTS['adamra_routing']})")
@@ -178,6 +184,7 @@ class AdaMRAOptions:
     qk_norm: str = "none"
     normaliser: str = "denominator"
     decay: str = "none"
+    memory: int = 0
     cross: Mapping[str, object] = field(default_factory=dict)
 
     def head_rates(self, num_heads: int) -> Tuple[int, ...]:
@@ -307,6 +314,17 @@ def parse_adamra_options(args) -> AdaMRAOptions:
         rates_flag = "--adamra-cross-rates" if getattr(args, "adamra_cross_rates", None) else "--adamra-rates"
         _check_heads(cross["rates"], _heads(args, "decoder"), "--decoder-attention-heads", rates_flag)
     cross_overrides = {name: value for name, value in cross.items() if value != own[name]}
+    memory = args.adamra_cross_memory
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        raise AdaMRAOptionError(
+            f"--adamra-cross-memory {memory} is invalid: use 0 (kernel cross-attention) or a number of memory rows"
+        )
+    if memory and "cross" not in places:
+        raise AdaMRAOptionError(
+            f"--adamra-cross-memory {memory} needs AdaMRA cross-attention: add cross to --adamra-attention or set it to 0"
+        )
+    if memory:
+        cross_overrides["memory"] = memory
     return AdaMRAOptions(rates=rates, routing=routing, balance_loss=balance, feature_map=own["feature_map"],
                          places=places, chunk_size=chunk, eps=eps, feature_dim=own["feature_dim"],
                          qk_norm=own["qk_norm"], normaliser=own["normaliser"], decay=decay, cross=cross_overrides)

@@ -29,6 +29,18 @@ def _kernel_read(phi_q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor
     return (weights @ slot_v) / (weights.sum(dim=-1, keepdim=True) + eps)
 
 
+def _softmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    weights = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def _memory_read(q: torch.Tensor, slot_k: torch.Tensor, slot_v: torch.Tensor, memory_queries: torch.Tensor):
+    """One head: the real slots compressed into memory rows, then each query's softmax read of them."""
+    compress = _softmax_rows(memory_queries @ slot_k.transpose(0, 1) / slot_k.size(1) ** 0.5)  # (L, M)
+    memory_k, memory_v = compress @ slot_k, compress @ slot_v
+    return _softmax_rows(q @ memory_k.transpose(0, 1)) @ memory_v
+
+
 def naive_adamra_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -40,6 +52,7 @@ def naive_adamra_attention(
     eps: float = 1e-6,
     divide: bool = True,
     block_decay: Optional[Sequence[float]] = None,
+    memory_queries: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Reference AdaMRA attention for all heads (no gate, no projections).
 
@@ -52,6 +65,10 @@ def naive_adamra_attention(
         divide: divide each read by the sum of its weights (+ eps); else the raw weighted sum.
         block_decay: causal only: per head g, a complete block j weighs ``g^(b - j)`` from the
             query's block b (its own block weighs 1).
+        memory_queries: bidirectional only: ``(H, L, D)``; each head compresses its blocks into
+            L memory rows (softmax over blocks of ``u . kbar / sqrt(D)``) and the queries read
+            them with a softmax of ``q . K`` (``--adamra-cross-memory``); ``feature_map``,
+            ``eps`` and ``divide`` are then unused.
     Returns:
         ``(B, H, T, Dv)``.
     """
@@ -71,6 +88,9 @@ def naive_adamra_attention(
             k_row, v_row, q_row = k[row, head], v[row, head], q[row, head]
             if not causal:
                 slot_k, slot_v = _slot_means(k_row, blocks), _slot_means(v_row, blocks)
+                if memory_queries is not None:
+                    out[row, head] = _memory_read(q_row, slot_k, slot_v, memory_queries[head])
+                    continue
                 out[row, head] = _kernel_read(feature_map(q_row), slot_k, slot_v, feature_map, eps, divide)
                 continue
             for index, position in enumerate(real.tolist()):
