@@ -53,10 +53,11 @@ declare -A VARIANTS=(
     [tt-xdim16]="$TT --adamra-cross-feature-dim 16"
     [tt-xmem32]="$TT --adamra-cross-memory 32"
     [tt-xmem64]="$TT --adamra-cross-memory 64"
+    [tt-xblocks64]="$TT --adamra-cross-blocks 64"
     [taylor2-scale-cross1-decay]="--adamra-feature-map taylor2 --adamra-qk-norm scale --adamra-cross-rates 1 --adamra-decay learned"
 )
 ORDER=(default hedgehog l2 norm cross-rate1 hh-cross1 hh-cross1-decay hh-cross1-decay-l2 hh-cross1-decay-wide hh-cross1-xtaylor2
-       hh-cross1-decay-xscale hh-cross1-decay-both hh-cross1-decay-xtaylor2-xscale tt-rates1 tt-wide tt-xsoftmax tt-both tt-xdim16 tt-xmem32 tt-xmem64 taylor2-scale-cross1-decay decay scale t2r taylor2)
+       hh-cross1-decay-xscale hh-cross1-decay-both hh-cross1-decay-xtaylor2-xscale tt-rates1 tt-wide tt-xsoftmax tt-both tt-xdim16 tt-xmem32 tt-xmem64 tt-xblocks64 taylor2-scale-cross1-decay decay scale t2r taylor2)
 
 run_variant() {  # $1 = name
     local name="$1" flags

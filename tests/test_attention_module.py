@@ -70,7 +70,7 @@ def reference_forward(module, query, key, mask=None, causal=False):
     decay = module.block_decay() if causal and module.decay_logit is not None else None
     out = naive_adamra_attention(q, k, v, rates, mask, causal=causal, feature_map=module.feature_map, divide=divide,
                                  block_decay=None if decay is None else decay.tolist(),
-                                 memory_queries=module.memory_queries)
+                                 memory_queries=module.memory_queries, max_blocks=module.options.blocks or None)
     if module.options.normaliser in ("norm", "both"):
         gain = module.head_norm.gain[None, :, None, :]
         out = out / torch.sqrt(out.square().mean(dim=-1, keepdim=True) + 1e-6) * gain
@@ -149,7 +149,7 @@ def make_cross(seed=0, **kwargs):
     return module
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(memory=5, qk_norm="scale", normaliser="norm")])
+@pytest.mark.parametrize("settings", [dict(), dict(memory=5, qk_norm="scale", normaliser="norm"), dict(blocks=3)])
 def test_cross_attention_padding_invariance(settings):
     module = make_cross(**settings)
     source = torch.randn(6, 1, 8, dtype=torch.float64)
@@ -369,9 +369,10 @@ def test_causal_marker_equals_the_triangular_mask():
 
 
 @pytest.mark.parametrize("rates", [(1,), (1, 4)])
-def test_cross_attention_memory_cached_equals_parallel_and_reference(rates):
-    """--adamra-cross-memory: the written-out compression and softmax read, in training and in decoding."""
-    module = make_cross(rates=rates, memory=3, qk_norm="scale", feature_map="hedgehog")
+@pytest.mark.parametrize("memory", [dict(memory=3), dict(blocks=3)])
+def test_cross_attention_memory_cached_equals_parallel_and_reference(rates, memory):
+    """--adamra-cross-memory / -blocks: the written-out memory and softmax read, in training and in decoding."""
+    module = make_cross(rates=rates, qk_norm="scale", feature_map="hedgehog", **memory)
     assert module.query_key.weight is None  # no feature map, so no learned projection for it
     source = torch.randn(7, 2, 8, dtype=torch.float64)
     mask = torch.zeros(2, 7, dtype=torch.bool)

@@ -23,7 +23,8 @@ def parsed(*flags):
 
 
 def test_adamra_flags_reach_the_benchmarked_model():
-    settings = adamra_settings(parsed("--adamra-cross-feature-dim", "8", "--adamra-rates", "1"))
+    settings = adamra_settings(parsed("--adamra-preset", "tuned-taylor", "--adamra-cross-feature-dim", "8",
+                                      "--adamra-rates", "1"))
     assert settings == {"adamra_preset": "tuned-taylor", "adamra_cross_feature_dim": 8, "adamra_rates": "1"}
     assert describe_adamra(settings) == "preset tuned-taylor --adamra-rates 1 --adamra-cross-feature-dim 8"
     model, _ = build_model("adamra", "tiny", 50, 40, settings)
@@ -31,7 +32,8 @@ def test_adamra_flags_reach_the_benchmarked_model():
     assert layer.encoder_attn.options.feature_map == "taylor2" and layer.encoder_attn.query_key.output_dim == 8
     assert layer.self_attn.rates == (1,) and layer.self_attn.options.feature_map == "hedgehog"
     default, _ = build_model("adamra", "tiny", 50, 40, adamra_settings(parsed()))
-    assert default.decoder.layers[0].encoder_attn.query_key.weight is None  # no width: no projection
+    assert default.decoder.layers[0].encoder_attn.query_key.weight is None  # a softmax read: no projection
+    assert default.decoder.layers[0].encoder_attn.options.blocks == 64
 
 
 def test_probe_counts_each_saved_storage_once_under_the_line_that_saved_it():

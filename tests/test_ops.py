@@ -322,3 +322,19 @@ def test_source_memory_read_is_the_softmax_of_its_rows():
     assert torch.allclose(memory_keys, k, atol=1e-9) and torch.allclose(memory_values, v, atol=1e-9)
     softmax_attention = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
     assert torch.allclose(read_memory(q, memory_keys, memory_values), softmax_attention, atol=1e-9)
+
+
+@pytest.mark.parametrize("rate", [1, 2])
+@pytest.mark.parametrize("max_blocks", [2, 5, 20])
+def test_source_blocks_match_naive_and_short_sources_get_softmax_attention(rate, max_blocks):
+    from adamra_fairseq.ops.source_memory import read_memory, source_blocks
+
+    q, k, v = random_qkv(length=6, src_len=13)
+    mask = left_padding_mask([13, 7, 1], 13)
+    expected = naive_adamra_attention(q, k, v, [rate] * 2, mask, max_blocks=max_blocks)
+    keys, values, filled = source_blocks(k, v, max_blocks, rate, mask)
+    assert keys.size(2) == min(max_blocks, 13)  # the memory never outgrows max_blocks
+    assert torch.allclose(read_memory(q, keys, values, filled), expected, atol=TOL)
+    if rate == 1 and max_blocks >= 13:  # every source fits: plain softmax attention over its real tokens
+        scores = (q @ k.transpose(-1, -2)).masked_fill(mask[:, None, None, :], float("-inf"))
+        assert torch.allclose(expected, torch.softmax(scores, dim=-1) @ v, atol=TOL)

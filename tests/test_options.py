@@ -40,6 +40,8 @@ BAD_INPUTS = [
     (dict(adamra_cross_rates="1,2,4"), "--adamra-cross-rates has 3 rates, which does not divide --decoder-attention-heads=8"),
     (dict(adamra_cross_rates="1,0"), "--adamra-cross-rates: rate 0 is below 1"),
     (dict(adamra_cross_memory=-1), "--adamra-cross-memory -1 is invalid"),
+    (dict(adamra_cross_blocks="8"), "--adamra-cross-blocks 8 is invalid"),
+    (dict(adamra_cross_feature_dim=8), "--adamra-cross-feature-dim 8 has no effect with --adamra-cross-blocks 64"),
     (dict(adamra_cross_memory=8, adamra_attention="encoder,decoder"), "--adamra-cross-memory 8 needs AdaMRA cross"),
     (dict(adamra_attention="encoder,ffn"), "--adamra-attention 'encoder,ffn' is invalid"),
     (dict(adamra_attention=""), "--adamra-attention '' is invalid"),
@@ -131,6 +133,16 @@ def test_tuned_taylor_preset_changes_only_cross_attention():
     assert plain.for_cross_attention().feature_map == "hedgehog"
 
 
+def test_tuned_blocks_preset_is_tuned_taylor_with_source_blocks_in_cross_attention():
+    taylor = parse_adamra_options(namespace(adamra_preset="tuned-taylor"))
+    blocks = parse_adamra_options(namespace(adamra_preset="tuned-blocks"))
+    assert dataclasses.replace(blocks, cross=taylor.cross) == taylor
+    assert blocks.for_cross_attention() == dataclasses.replace(taylor.for_cross_attention(), blocks=64)
+    # checkpoints of the older presets, which have no adamra_cross_blocks, keep kernel cross-attention
+    assert taylor.for_cross_attention().blocks == 0
+    assert parse_adamra_options(namespace(adamra_preset="tuned-blocks", adamra_cross_blocks=0)) == taylor
+
+
 def test_options_saved_before_presets_existed_keep_the_original_defaults():
     """A checkpoint written before --adamra-preset has adamra_* values but no preset: it must rebuild the
     model it was trained as (elu, the same rates for cross-attention), not the tuned one."""
@@ -144,7 +156,7 @@ def test_options_saved_before_presets_existed_keep_the_original_defaults():
 
 
 def test_unknown_preset_is_rejected():
-    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned, tuned-decay, tuned-taylor"):
+    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned, tuned-decay, tuned-taylor, tuned-blocks"):
         parse_adamra_options(namespace(adamra_preset="best"))
 
 
@@ -194,3 +206,9 @@ def test_cross_memory_applies_to_cross_attention_only():
     options = parse_adamra_options(namespace(adamra_cross_memory=16))
     assert options.memory == 0 and options.for_cross_attention().memory == 16
     assert parse_adamra_options(namespace()).for_cross_attention().memory == 0
+
+
+def test_cross_memory_and_blocks_exclude_each_other():
+    assert parse_adamra_options(namespace(adamra_cross_blocks=64)).for_cross_attention().blocks == 64
+    with pytest.raises(AdaMRAOptionError, match="exclude each other"):
+        parse_adamra_options(namespace(adamra_cross_blocks=64, adamra_cross_memory=8))

@@ -14,9 +14,9 @@ Which computation runs follows what fairseq passes in:
   later step reuses it. As for fairseq's ``MultiheadAttention``, a reorder
   that keeps the batch size leaves this cache alone: beam search reorders
   only among the hypotheses of one sentence, which share the source.
-  With ``--adamra-cross-memory L`` cross-attention instead compresses the
-  source into ``L`` memory rows per head and reads them with a softmax
-  (``ops/source_memory.py``); decoding caches the rows.
+  With ``--adamra-cross-memory L`` (learned rows) or ``--adamra-cross-blocks L``
+  (at most L position blocks) cross-attention instead reads L memory rows
+  per head with a softmax (``ops/source_memory.py``); decoding caches the rows.
 
 In every path, queries and keys first go through the same per-position
 :class:`QueryKeyTransform` (``--adamra-qk-norm``, the learned feature maps'
@@ -41,7 +41,7 @@ from ..ops.causal import causal_attention
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
 from ..ops.recurrent import causal_step, initial_state
-from ..ops.source_memory import compress_source, read_memory
+from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
 from .options import AdaMRAOptions
 from .query_key_transform import QueryKeyTransform
@@ -114,11 +114,12 @@ class MultiResolutionAttention(nn.Module):
         self.options = options
         self.rates = options.rates
         self.heads_per_rate = num_heads // len(options.rates)
-        # With a source memory (cross-attention), the read is a softmax: no feature map, no projection for it.
+        # With a source memory or blocks (cross-attention), the read is a softmax: no feature map, no projection.
         self.memory_queries: Optional[nn.Parameter] = None
+        self.softmax_read = bool(options.memory or options.blocks)
         self.query_key = QueryKeyTransform(
             num_heads, self.head_dim, options.qk_norm,
-            "elu" if options.memory else options.feature_map, 0 if options.memory else options.feature_dim,
+            "elu" if self.softmax_read else options.feature_map, 0 if self.softmax_read else options.feature_dim,
         )
         if options.memory:
             self.memory_queries = nn.Parameter(torch.randn(num_heads, options.memory, self.query_key.output_dim))
@@ -257,29 +258,40 @@ class MultiResolutionAttention(nn.Module):
         if not (static_kv and cache):
             k, v = self._keys_values(key, value)
             if incremental_state is None or not static_kv:  # training: nothing to keep
-                if self.memory_queries is not None:
+                if self.softmax_read:
                     return read_memory(q, *self._source_memory(k, v, key_padding_mask))
                 return self._bidirectional(q, k, v, key_padding_mask)
-            if self.memory_queries is not None:
-                cache = dict(zip(("memory_keys", "memory_values"), self._source_memory(k, v, key_padding_mask)))
+            if self.softmax_read:
+                names = ("memory_keys", "memory_values", "memory_filled")
+                cache = dict(zip(names, self._source_memory(k, v, key_padding_mask)))
             else:
                 cache = self._source_cache(k, v, key_padding_mask)
             self._set_input_buffer(incremental_state, cache)
-        if self.memory_queries is not None:
-            return read_memory(q, cache["memory_keys"], cache["memory_values"])
+        if self.softmax_read:
+            return read_memory(q, cache["memory_keys"], cache["memory_values"], cache["memory_filled"])
         return torch.cat([self._read_cache(qg, cache, group) for group, qg in enumerate(self._groups(q))], dim=1)
 
-    def _source_memory(self, k, v, key_padding_mask) -> Tuple[Tensor, Tensor]:
-        """``--adamra-cross-memory``: each rate group's pooled source compressed into the memory rows,
-        keys ``(B, H, L, N)`` and values ``(B, H, L, D)`` in the accumulation dtype."""
-        keys, values = [], []
-        groups = zip(self._groups(k), self._groups(v), self.rates, self.memory_queries.split(self.heads_per_rate))
-        for kg, vg, rate, queries in groups:
-            k_mean, filled, values_with_ones = pooled_keys_values(kg, vg, rate, key_padding_mask)
-            memory_keys, memory_values = compress_source(k_mean, values_with_ones[..., :-1], queries, filled)
-            keys.append(memory_keys)
-            values.append(memory_values)
-        return torch.cat(keys, dim=1), torch.cat(values, dim=1)
+    def _source_memory(self, k, v, key_padding_mask) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``--adamra-cross-memory`` / ``--adamra-cross-blocks``: each rate group's source as memory rows, keys
+        ``(B, H, L, N)`` and values ``(B, H, L, D)`` in the accumulation dtype, and which rows hold a token
+        (``(B, H, 1, L)`` 1/0; None: all do)."""
+        keys, values, filled = [], [], []
+        for group, (kg, vg, rate) in enumerate(zip(self._groups(k), self._groups(v), self.rates)):
+            if self.memory_queries is not None:
+                k_mean, block_filled, values_with_ones = pooled_keys_values(kg, vg, rate, key_padding_mask)
+                queries = self.memory_queries.split(self.heads_per_rate)[group]
+                group_keys, group_values = compress_source(k_mean, values_with_ones[..., :-1], queries, block_filled)
+                group_filled = None
+            else:
+                group_keys, group_values, group_filled = source_blocks(
+                    kg, vg, self.options.blocks, rate, key_padding_mask
+                )
+                group_filled = group_filled.expand(-1, kg.size(1), -1, -1)
+            keys.append(group_keys)
+            values.append(group_values)
+            filled.append(group_filled)
+        all_filled = None if filled[0] is None else torch.cat(filled, dim=1)
+        return torch.cat(keys, dim=1), torch.cat(values, dim=1), all_filled
 
     def _source_cache(self, k, v, key_padding_mask) -> Dict[str, Optional[Tensor]]:
         """Per rate group g: ``summary{g}`` ``(B, h, F, D + 1)``, or, where reading the blocks is cheaper,

@@ -21,31 +21,38 @@ ATTENTION_PLACES = ("encoder", "decoder", "cross")
 # Options that self- and cross-attention may set differently (--adamra-X and --adamra-cross-X).
 PER_PLACE = ("rates", "feature_map", "feature_dim", "qk_norm", "normaliser")
 # Defaults of the settings that shape the kernel attention, by --adamra-preset. "original" is the
-# method as first defined (elu + 1 everywhere, the kernel denominator); "tuned-taylor" is what translated best
+# method as first defined (elu + 1 everywhere, the kernel denominator); "tuned-blocks" is what translated best
 # in docs/results.md. Checkpoints remember their preset; ones written before presets existed are "original".
 # A released preset keeps its meaning (checkpoints leave unset cross values to it): add a new one instead.
 _SAME_IN_CROSS = {"adamra_cross_feature_map": None, "adamra_cross_qk_norm": None}  # None: as self-attention
+_TUNED_TAYLOR = {
+    "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
+    "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1",
+    "adamra_cross_feature_map": "taylor2", "adamra_cross_qk_norm": "scale",
+}
 PRESETS = {
     "original": {
         "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": None, **_SAME_IN_CROSS,
+        "adamra_cross_blocks": 0,
     },
     "tuned": {
         "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": "1", **_SAME_IN_CROSS,
+        "adamra_cross_blocks": 0,
     },
     "tuned-decay": {  # tuned + a learned per-head decay in decoder self-attention
         "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1", **_SAME_IN_CROSS,
+        "adamra_cross_blocks": 0,
     },
-    "tuned-taylor": {  # tuned-decay with Taylor features and q scaled by D^-1/2 in cross-attention
-        "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
-        "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1",
-        "adamra_cross_feature_map": "taylor2", "adamra_cross_qk_norm": "scale",
-    },
+    # tuned-decay with Taylor features and q scaled by D^-1/2 in cross-attention
+    "tuned-taylor": {**_TUNED_TAYLOR, "adamra_cross_blocks": 0},
+    # tuned-taylor with cross-attention as a softmax over at most 64 source blocks (their feature map is unused)
+    "tuned-blocks": {**_TUNED_TAYLOR, "adamra_cross_blocks": 64},
 }
 assert len({frozenset(values) for values in PRESETS.values()}) == 1, "every preset must set the same options"
-DEFAULT_PRESET = "tuned-taylor"
+DEFAULT_PRESET = "tuned-blocks"
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
     "adamra_routing": "soft",
@@ -74,7 +81,8 @@ def add_adamra_args(parser) -> None:
                             "denominator, the same everywhere), tuned = Hedgehog features and one rate in "
                             "cross-attention, tuned-decay = tuned with a learned decay in decoder self-attention, "
                             "tuned-taylor = tuned-decay with taylor2 features and q scaled by head_dim^-1/2 in "
-                            f"cross-attention (default {DEFAULT_PRESET}); flags given explicitly override the preset")
+                            "cross-attention, tuned-blocks = tuned-taylor with --adamra-cross-blocks 64 "
+                            f"(default {DEFAULT_PRESET}); flags given explicitly override the preset")
     per_place_help = {
         "rates": ("R1,R2,...", str, "compression rates, one per group of heads, in head order; their number must "
                                     "divide the number of heads"),
@@ -104,6 +112,12 @@ def add_adamra_args(parser) -> None:
                             "compress the source into L learned memory rows per head (a softmax over source "
                             "positions) and read them with softmax attention, linear in both lengths; the "
                             "cross feature map and its width are then unused (default 0)")
+    group.add_argument("--adamra-cross-blocks", type=int, metavar="L",
+                       help="encoder-decoder attention only: 0 = kernel attention over the source; L > 0 = "
+                            "pool the source into at most L blocks of max(rate, ceil(length/L)) tokens and read "
+                            "their mean keys/values with softmax attention (exact softmax attention for sources "
+                            "of at most L tokens), linear in both lengths; the cross feature map and its width "
+                            f"are then unused (default {_describe_default('adamra_cross_blocks')})")
     group.add_argument("--adamra-routing", type=str, metavar="|".join(ROUTINGS),
                        help="per-position resolution gate: soft scales every rate's heads by R*g, top1 keeps "
                             f"only the arg-max rate's heads (default {DEFAULTS['adamra_routing']})")
@@ -185,6 +199,7 @@ class AdaMRAOptions:
     normaliser: str = "denominator"
     decay: str = "none"
     memory: int = 0
+    blocks: int = 0
     cross: Mapping[str, object] = field(default_factory=dict)
 
     def head_rates(self, num_heads: int) -> Tuple[int, ...]:
@@ -314,17 +329,25 @@ def parse_adamra_options(args) -> AdaMRAOptions:
         rates_flag = "--adamra-cross-rates" if getattr(args, "adamra_cross_rates", None) else "--adamra-rates"
         _check_heads(cross["rates"], _heads(args, "decoder"), "--decoder-attention-heads", rates_flag)
     cross_overrides = {name: value for name, value in cross.items() if value != own[name]}
-    memory = args.adamra_cross_memory
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+    for name, what in (("memory", "memory rows"), ("blocks", "blocks")):
+        flag, size = _flag("adamra_cross_" + name), getattr(args, "adamra_cross_" + name)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise AdaMRAOptionError(f"{flag} {size} is invalid: use 0 (kernel cross-attention) or a number of {what}")
+        if size and "cross" not in places:
+            raise AdaMRAOptionError(
+                f"{flag} {size} needs AdaMRA cross-attention: add cross to --adamra-attention or set it to 0"
+            )
+        if size:
+            cross_overrides[name] = size
+    if "memory" in cross_overrides and "blocks" in cross_overrides:
+        raise AdaMRAOptionError("--adamra-cross-memory and --adamra-cross-blocks exclude each other: set one to 0")
+    softmax_read = next((name for name in ("memory", "blocks") if name in cross_overrides), None)
+    if softmax_read and getattr(args, "adamra_cross_feature_dim", None):
         raise AdaMRAOptionError(
-            f"--adamra-cross-memory {memory} is invalid: use 0 (kernel cross-attention) or a number of memory rows"
+            f"--adamra-cross-feature-dim {args.adamra_cross_feature_dim} has no effect with "
+            f"{_flag('adamra_cross_' + softmax_read)} {cross_overrides[softmax_read]} (a softmax read has no feature "
+            f"map): drop it, or set {_flag('adamra_cross_' + softmax_read)} 0 for kernel cross-attention"
         )
-    if memory and "cross" not in places:
-        raise AdaMRAOptionError(
-            f"--adamra-cross-memory {memory} needs AdaMRA cross-attention: add cross to --adamra-attention or set it to 0"
-        )
-    if memory:
-        cross_overrides["memory"] = memory
     return AdaMRAOptions(rates=rates, routing=routing, balance_loss=balance, feature_map=own["feature_map"],
                          places=places, chunk_size=chunk, eps=eps, feature_dim=own["feature_dim"],
                          qk_norm=own["qk_norm"], normaliser=own["normaliser"], decay=decay, cross=cross_overrides)

@@ -5,6 +5,7 @@ against the method description, not to be fast. Tests and benchmarks use it
 as the oracle for the fast ops; the model never calls it.
 """
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -53,6 +54,7 @@ def naive_adamra_attention(
     divide: bool = True,
     block_decay: Optional[Sequence[float]] = None,
     memory_queries: Optional[torch.Tensor] = None,
+    max_blocks: Optional[int] = None,
 ) -> torch.Tensor:
     """Reference AdaMRA attention for all heads (no gate, no projections).
 
@@ -69,6 +71,9 @@ def naive_adamra_attention(
             L memory rows (softmax over blocks of ``u . kbar / sqrt(D)``) and the queries read
             them with a softmax of ``q . K`` (``--adamra-cross-memory``); ``feature_map``,
             ``eps`` and ``divide`` are then unused.
+        max_blocks: bidirectional only: a row of n real tokens is cut into blocks of
+            ``max(rate, ceil(n / max_blocks))`` tokens, whose means the queries read with a softmax
+            of ``q . kbar`` (``--adamra-cross-blocks``); ``feature_map``, ``eps``, ``divide`` unused.
     Returns:
         ``(B, H, T, Dv)``.
     """
@@ -84,12 +89,17 @@ def naive_adamra_attention(
             real = torch.nonzero(~key_padding_mask[row].cpu()).flatten()
         for head in range(heads):
             rate = head_rates[head]
+            if max_blocks is not None:
+                rate = max(rate, math.ceil(len(real) / max_blocks))
             blocks = [real[start : start + rate] for start in range(0, len(real), rate)]
             k_row, v_row, q_row = k[row, head], v[row, head], q[row, head]
             if not causal:
                 slot_k, slot_v = _slot_means(k_row, blocks), _slot_means(v_row, blocks)
                 if memory_queries is not None:
                     out[row, head] = _memory_read(q_row, slot_k, slot_v, memory_queries[head])
+                    continue
+                if max_blocks is not None:
+                    out[row, head] = _softmax_rows(q_row @ slot_k.transpose(0, 1)) @ slot_v
                     continue
                 out[row, head] = _kernel_read(feature_map(q_row), slot_k, slot_v, feature_map, eps, divide)
                 continue

@@ -1,4 +1,18 @@
-"""Cross-attention through a fixed-size memory of the source (``--adamra-cross-memory L``).
+"""Cross-attention through a fixed-size memory of the source, read with a softmax.
+
+Two ways to build the ``L`` memory rows per head (both linear in the lengths,
+both a decoding state fixed by ``L``):
+
+* learned rows (``--adamra-cross-memory L``), below;
+* position blocks (``--adamra-cross-blocks L``, :func:`source_blocks`): the
+  source is cut into at most ``L`` blocks of ``max(r, ceil(M / L))``
+  consecutive real tokens and each block is replaced by its mean key and
+  value, as AdaMRA pools with rate ``r``; the rate adapts to the source's
+  length, so a source of at most ``L`` tokens keeps one row per token (then
+  the read is exactly softmax attention) and a longer one is read at a
+  coarser resolution.
+
+Learned rows:
 
 Each head owns ``L`` learned memory queries ``u_1 .. u_L``. The (block-pooled)
 source keys and values are compressed into ``L`` memory rows by a softmax over
@@ -22,6 +36,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from .bidirectional import accumulation_dtype
+from .padding import gather_time, has_padding, left_align_order, real_lengths
+
 
 def compress_source(
     k: torch.Tensor, v: torch.Tensor, memory_queries: torch.Tensor, filled: Optional[torch.Tensor] = None
@@ -42,8 +59,44 @@ def compress_source(
     return weights @ k, weights @ v
 
 
-def read_memory(q: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> torch.Tensor:
-    """Softmax read of the memory: queries ``(B, h, T, N)``, memory ``(B, h, L, N)`` and ``(B, h, L, Dv)``
-    -> ``(B, h, T, Dv)`` in the queries' dtype."""
-    weights = torch.softmax(torch.matmul(q.to(memory_keys.dtype), memory_keys.transpose(-1, -2)), dim=-1)
-    return (weights @ memory_values).to(q.dtype)
+def source_blocks(
+    k: torch.Tensor, v: torch.Tensor, max_blocks: int, rate: int = 1, key_padding_mask: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's real tokens pooled into at most ``max_blocks`` blocks of ``max(rate, ceil(length / max_blocks))``.
+
+    Args:
+        k: ``(B, h, S, N)``; v: ``(B, h, S, Dv)``; key_padding_mask: ``(B, S)``, True = pad, or None.
+    Returns:
+        block-mean keys ``(B, h, L, N)`` and values ``(B, h, L, Dv)`` in the accumulation dtype, and
+        ``(B, 1, 1, L)`` 1/0 weights of the blocks that hold a token, with ``L = min(max_blocks, S)``.
+    """
+    batch, _, seq_len, _ = k.shape
+    padded = has_padding(key_padding_mask)
+    lengths = real_lengths(key_padding_mask if padded else None, batch, seq_len, k.device)
+    if padded:
+        order = left_align_order(key_padding_mask)
+        k, v = gather_time(k, order), gather_time(v, order)
+    acc = accumulation_dtype(k.dtype)
+    num_blocks = min(max_blocks, seq_len)
+    size = torch.clamp(-(-lengths // max_blocks), min=rate)  # (B,) tokens per block of each row
+    positions = torch.arange(seq_len, device=k.device)
+    real = positions[None, :] < lengths[:, None]  # (B, S)
+    if rate == 1 and num_blocks == seq_len and bool((size == 1).all()):  # one block per token: no pooling
+        return k.to(acc), v.to(acc), real[:, None, None, :].to(acc)
+    block_of = positions[None, :] // size[:, None]  # (B, S)
+    members = (block_of[:, None, :] == torch.arange(num_blocks, device=k.device)[None, :, None]) & real[:, None, :]
+    counts = members.sum(dim=-1)  # (B, L)
+    weights = (members.to(acc) / counts.clamp(min=1)[..., None].to(acc)).unsqueeze(1)  # (B, 1, L, S)
+    filled = (counts > 0)[:, None, None, :].to(acc)
+    return weights @ k.to(acc), weights @ v.to(acc), filled
+
+
+def read_memory(
+    q: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor, filled: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Softmax read of the memory: queries ``(B, h, T, N)``, memory ``(B, h, L, N)`` and ``(B, h, L, Dv)``,
+    ``filled`` (broadcast to ``(B, h, 1, L)``, 1/0; None: every row is real) -> ``(B, h, T, Dv)`` in q's dtype."""
+    scores = torch.matmul(q.to(memory_keys.dtype), memory_keys.transpose(-1, -2))
+    if filled is not None:
+        scores = scores.masked_fill(filled == 0, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ memory_values).to(q.dtype)
