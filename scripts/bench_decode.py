@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (  # noqa: E402
-    REPO_ROOT, fail, generate_command, generation_speed, print_and_save_table, require_data_bin, run_measured,
+    REPO_ROOT, fail, generate_command, generation_speed, print_and_save_table, require_data_bin, require_json_out,
+    run_measured,
 )
 
 
@@ -45,6 +46,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_decode.json"))
     args = parser.parse_args()
+    require_json_out(args.out)
     require_data_bin(args.data_bin)
     try:
         beams = [int(beam) for beam in args.beams.split(",")]

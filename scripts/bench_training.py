@@ -23,7 +23,9 @@ import sys
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ARCHS, REPO_ROOT, fail, print_and_save_table, require_data_bin, run_measured  # noqa: E402
+from compare import (  # noqa: E402
+    ARCHS, REPO_ROOT, fail, print_and_save_table, require_data_bin, require_json_out, run_measured,
+)
 
 
 def train_speed(arch, flags, args, log_path, env):
@@ -59,6 +61,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_training.json"))
     args = parser.parse_args()
+    require_json_out(args.out)
     require_data_bin(args.data_bin)
     if args.updates < 2 * args.log_interval:
         fail(f"--updates {args.updates} must be at least twice --log-interval {args.log_interval}")

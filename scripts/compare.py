@@ -88,6 +88,12 @@ def require_data_bin(path):
         fail(f"{path} is not a data-bin of this project: run examples/translation/prepare-debian-de-en.sh")
 
 
+def require_json_out(path):
+    """Stops with a one-line error unless ``path`` names a .json file (its stem becomes the folder of run logs)."""
+    if not path.endswith(".json"):
+        fail(f"--out {path} is not a .json path: name the table file, e.g. --out {path.rstrip('/')}.json")
+
+
 def print_and_save_table(lines, out, payload):
     """Prints the table ``lines`` and writes ``payload`` plus the table and the command line as JSON to ``out``."""
     print("\n".join(lines))

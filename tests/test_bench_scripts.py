@@ -6,7 +6,9 @@ import sys
 
 import torch
 
-from conftest import REPO_ROOT
+import pytest
+
+from conftest import REPO_ROOT, run
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 
@@ -53,3 +55,13 @@ def test_probe_counts_each_saved_storage_once_under_the_line_that_saved_it():
     source[:, -1] = dictionary.eos()
     lines = saved_bytes_by_line(model, source, source.clone())
     assert any("_SoftmaxPair" in line for line in lines)  # Hedgehog features, saved by their own function
+
+
+@pytest.mark.parametrize("script", ["bench_training.py", "bench_decode.py"])
+def test_benchmark_tables_must_be_json_paths(tmp_path, script):
+    """--out names the JSON table (its stem is the folder of run logs): a folder-like path is refused up front."""
+    out = str(tmp_path / "table")
+    result = run([sys.executable, os.path.join(REPO_ROOT, "scripts", script), "--out", out, "a=b"], check=False)
+    assert result.returncode != 0
+    assert f"--out {out} is not a .json path" in result.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(out)
