@@ -201,9 +201,9 @@ def test_quality_options_incremental_equals_parallel(settings):
     assert torch.allclose(torch.cat(steps), parallel, atol=1e-10)
 
 
-@pytest.mark.parametrize("settings", VARIANTS)
-def test_cross_attention_quality_options_cached_equals_parallel_and_reference(settings):
-    module = make_cross(**variant(*settings))
+def check_cross_cached_equals_parallel_and_reference(module):
+    """A padded batch through cross-attention: parallel == written-out reference, cached steps == parallel.
+    Returns the decoding state."""
     source = torch.randn(7, 2, 8, dtype=torch.float64)
     mask = torch.zeros(2, 7, dtype=torch.bool)
     mask[1, :3] = True
@@ -214,6 +214,12 @@ def test_cross_attention_quality_options_cached_equals_parallel_and_reference(se
     steps = [module(queries[t : t + 1], source if t == 0 else None, source if t == 0 else None,
                     key_padding_mask=mask, incremental_state=state, static_kv=True)[0] for t in range(4)]
     assert torch.allclose(torch.cat(steps), full, atol=1e-10)
+    return state
+
+
+@pytest.mark.parametrize("settings", VARIANTS)
+def test_cross_attention_quality_options_cached_equals_parallel_and_reference(settings):
+    check_cross_cached_equals_parallel_and_reference(make_cross(**variant(*settings)))
 
 
 @pytest.mark.parametrize("settings", VARIANTS)
@@ -374,15 +380,6 @@ def test_cross_attention_memory_cached_equals_parallel_and_reference(rates, memo
     """--adamra-cross-memory / -blocks: the written-out memory and softmax read, in training and in decoding."""
     module = make_cross(rates=rates, qk_norm="scale", feature_map="hedgehog", **memory)
     assert module.query_key.weight is None  # no feature map, so no learned projection for it
-    source = torch.randn(7, 2, 8, dtype=torch.float64)
-    mask = torch.zeros(2, 7, dtype=torch.bool)
-    mask[1, :3] = True
-    queries = torch.randn(4, 2, EMBED, dtype=torch.float64)
-    full, _ = module(queries, source, source, key_padding_mask=mask)
-    assert torch.allclose(full, reference_forward(module, queries, source, mask), atol=1e-10)
-    state = {}
-    steps = [module(queries[t : t + 1], source if t == 0 else None, source if t == 0 else None,
-                    key_padding_mask=mask, incremental_state=state, static_kv=True)[0] for t in range(4)]
-    assert torch.allclose(torch.cat(steps), full, atol=1e-10)
+    state = check_cross_cached_equals_parallel_and_reference(module)
     cached = module._get_input_buffer(state)
     assert cached["memory_keys"].shape == (2, HEADS, 3, EMBED // HEADS)  # fixed by L, not by the lengths

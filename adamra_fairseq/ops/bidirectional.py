@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one, output_width, pair_width
-from .padding import gather_time, has_padding, left_align_order, real_lengths
+from .padding import left_aligned_keys_values
 from .pooling import block_means
 
 
@@ -69,12 +69,7 @@ def pooled_keys_values(
         token (None without padding: all do) and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
         in the accumulation dtype.
     """
-    batch, _, seq_len, _ = k.shape
-    padded = has_padding(key_padding_mask)
-    lengths = real_lengths(key_padding_mask if padded else None, batch, seq_len, k.device)
-    if padded:
-        order = left_align_order(key_padding_mask)
-        k, v = gather_time(k, order), gather_time(v, order)
+    k, v, lengths, padded = left_aligned_keys_values(k, v, key_padding_mask)
     acc = accumulation_dtype(k.dtype)
     k_mean, sizes = block_means(k.to(acc), lengths, rate, padded)
     v_mean, _ = block_means(v.to(acc), lengths, rate, padded)

@@ -4,7 +4,7 @@ Blocks are aligned to the first real token, so every op works on
 left-aligned rows: real tokens at positions ``0 .. length-1``, pads after.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -36,3 +36,17 @@ def scatter_time(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`gather_time`: puts row position ``i`` back at ``order[i]``."""
     index = order[:, None, :, None].expand(-1, x.size(1), -1, x.size(3))
     return torch.empty_like(x).scatter_(2, index, x)
+
+
+def left_aligned_keys_values(
+    k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Keys/values ``(B, h, S, .)`` with each row's real tokens moved to the front, the ``(B,)`` real
+    lengths, and whether any row has pads (False: ``k`` and ``v`` are returned as they are)."""
+    batch, _, seq_len, _ = k.shape
+    padded = has_padding(key_padding_mask)
+    lengths = real_lengths(key_padding_mask if padded else None, batch, seq_len, k.device)
+    if padded:
+        order = left_align_order(key_padding_mask)
+        k, v = gather_time(k, order), gather_time(v, order)
+    return k, v, lengths, padded

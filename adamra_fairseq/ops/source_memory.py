@@ -37,7 +37,7 @@ from typing import Optional, Tuple
 import torch
 
 from .bidirectional import accumulation_dtype
-from .padding import gather_time, has_padding, left_align_order, real_lengths
+from .padding import left_aligned_keys_values
 
 
 def compress_source(
@@ -70,12 +70,8 @@ def source_blocks(
         block-mean keys ``(B, h, L, N)`` and values ``(B, h, L, Dv)`` in the accumulation dtype, and
         ``(B, 1, 1, L)`` 1/0 weights of the blocks that hold a token, with ``L = min(max_blocks, S)``.
     """
-    batch, _, seq_len, _ = k.shape
-    padded = has_padding(key_padding_mask)
-    lengths = real_lengths(key_padding_mask if padded else None, batch, seq_len, k.device)
-    if padded:
-        order = left_align_order(key_padding_mask)
-        k, v = gather_time(k, order), gather_time(v, order)
+    seq_len = k.size(2)
+    k, v, lengths, _ = left_aligned_keys_values(k, v, key_padding_mask)
     acc = accumulation_dtype(k.dtype)
     num_blocks = min(max_blocks, seq_len)
     size = torch.clamp(-(-lengths // max_blocks), min=rate)  # (B,) tokens per block of each row
