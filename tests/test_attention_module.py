@@ -8,9 +8,19 @@ import torch
 from adamra_fairseq.modules import MultiResolutionAttention
 from adamra_fairseq.modules.options import AdaMRAOptions
 from adamra_fairseq.modules.query_key_transform import QueryKeyTransform
+from adamra_fairseq.ops import dense
 from adamra_fairseq.ops.naive import naive_adamra_attention
 
 EMBED, HEADS = 32, 8
+
+
+@pytest.fixture(autouse=True, params=["dense", "per-group"])
+def attention_form(request, monkeypatch):
+    """Every module test runs twice: with the dense all-heads form that short inputs take, and with the
+    linear per-group ops that long inputs take (forced here by a dense limit of 0 tokens)."""
+    if request.param == "per-group":
+        monkeypatch.setattr(dense, "DENSE_MAX_LENGTH", 0)
+    return request.param
 
 
 def options(rates=(1, 2), routing="soft", feature_map="elu", chunk=4, **extra):

@@ -9,6 +9,7 @@ from adamra_fairseq.ops.bidirectional import (
     quadratic_is_cheaper,
 )
 from adamra_fairseq.ops.causal import causal_attention
+from adamra_fairseq.ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper, rate_groups
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
@@ -188,7 +189,9 @@ def test_softmax_pair_backward_passes_the_gradient_check_and_keeps_only_its_outp
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         features = softmax_pair(x)
-    assert len(saved) == 1 and saved[0] is features  # the product that reads the features next shares it
+    # one tensor, the features' own storage (which the product that reads them next keeps anyway)
+    assert len(saved) == 1 and saved[0].untyped_storage().data_ptr() == features.untyped_storage().data_ptr()
+    assert saved[0].numel() == features.numel()
 
 
 def test_causal_rejects_chunk_not_multiple_of_rate():
@@ -338,3 +341,76 @@ def test_source_blocks_match_naive_and_short_sources_get_softmax_attention(rate,
     if rate == 1 and max_blocks >= 13:  # every source fits: plain softmax attention over its real tokens
         scores = (q @ k.transpose(-1, -2)).masked_fill(mask[:, None, None, :], float("-inf"))
         assert torch.allclose(expected, torch.softmax(scores, dim=-1) @ v, atol=TOL)
+
+
+# ----- the dense all-heads form (short inputs) ---------------------------------------------------
+MIXED_RATES = [1, 2, 2, 3, 4, 8]  # groups of unequal size, a rate that does not divide the length
+
+
+def pads_everywhere(total):
+    """Left pads, right pads, pads in the middle, a full row and a one-token row."""
+    mask = torch.zeros(5, total, dtype=torch.bool)
+    mask[0, :4] = True
+    mask[1, -5:] = True
+    mask[2, 3:6] = True
+    mask[4, 1:] = True
+    return mask
+
+
+@pytest.mark.parametrize("name", ["elu", "taylor2", "hedgehog"])
+@pytest.mark.parametrize("divide", [True, False])
+def test_dense_bidirectional_matches_naive_with_pads_anywhere(name, divide):
+    q, k, v = random_qkv(batch=5, heads=len(MIXED_RATES), length=9, src_len=13, seed=21)
+    mask = pads_everywhere(13)
+    feature_map = FEATURE_MAPS[name]
+    expected = naive_adamra_attention(q, k, v, MIXED_RATES, mask, feature_map=feature_map, divide=divide)
+    actual = bidirectional_dense(q, k, v, MIXED_RATES, mask, feature_map, divide=divide)
+    assert torch.allclose(actual, expected, atol=TOL)
+    assert torch.allclose(bidirectional_dense(q, k, v, MIXED_RATES, None, feature_map, divide=divide),
+                          naive_adamra_attention(q, k, v, MIXED_RATES, feature_map=feature_map, divide=divide),
+                          atol=TOL)
+
+
+@pytest.mark.parametrize("name", ["elu", "taylor2", "hedgehog"])
+@pytest.mark.parametrize("decay", [None, [0.9, 0.5, 0.99, 0.7, 0.8, 0.6]])
+@pytest.mark.parametrize("length", [1, 7, 17])
+def test_dense_causal_matches_naive_and_the_chunked_op(name, decay, length):
+    q, k, v = random_qkv(batch=2, heads=len(MIXED_RATES), length=length, seed=22)
+    feature_map = FEATURE_MAPS[name]
+    block_decay = None if decay is None else torch.tensor(decay, dtype=torch.float64)
+    actual = causal_dense(q, k, v, MIXED_RATES, feature_map, block_decay=block_decay)
+    expected = naive_adamra_attention(q, k, v, MIXED_RATES, causal=True, feature_map=feature_map, block_decay=decay)
+    assert torch.allclose(actual, expected, atol=TOL)
+    chunked = torch.cat([
+        causal_attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], rate, chunk_size=24,
+                         feature_map=feature_map, block_decay=None if decay is None else block_decay[h : h + 1])
+        for h, rate in enumerate(MIXED_RATES)
+    ], dim=1)
+    assert torch.allclose(actual, chunked, atol=TOL)
+
+
+def test_dense_causal_never_sees_the_future():
+    q, k, v = random_qkv(heads=len(MIXED_RATES), length=12, seed=23)
+    out = causal_dense(q, k, v, MIXED_RATES)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 7:] += 10.0
+    v2[:, :, 7:] -= 10.0
+    assert torch.allclose(causal_dense(q, k2, v2, MIXED_RATES)[:, :, :7], out[:, :, :7], atol=TOL)
+
+
+def test_dense_forms_pass_the_gradient_check_with_pads_and_decay():
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=3, heads=4, length=6, dim=3, seed=24))
+    rates = [1, 2, 3, 3]
+    mask = left_padding_mask([6, 4, 1], 6)
+    decay = torch.tensor([0.9, 0.6, 0.8, 0.5], dtype=torch.float64, requires_grad=True)
+    hedgehog = FEATURE_MAPS["hedgehog"]
+    assert torch.autograd.gradcheck(lambda *x: bidirectional_dense(*x, rates, mask, hedgehog), (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, g: causal_dense(q, k, v, rates, hedgehog, block_decay=g), (q, k, v, decay)
+    )
+
+
+def test_dense_form_is_chosen_for_short_inputs_only():
+    assert dense_is_cheaper(30, 31) and dense_is_cheaper(256, 1)
+    assert not dense_is_cheaper(1024, 30) and not dense_is_cheaper(1, 4096)
+    assert rate_groups([1, 1, 2, 4, 4, 1]) == [(1, 2), (2, 1), (4, 2), (1, 1)]

@@ -38,8 +38,9 @@ from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
 )
 from ..ops.causal import causal_attention
+from ..ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
-from ..ops.padding import gather_time, has_padding, left_align_order, scatter_time
+from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recurrent import causal_step, initial_state
 from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
@@ -132,9 +133,8 @@ class MultiResolutionAttention(nn.Module):
         self.decay_logit: Optional[nn.Parameter] = None
         if causal_decay:
             self.decay_logit = nn.Parameter(initial_decay_logits(num_heads))
-        self.register_buffer(
-            "head_rates", torch.tensor(options.head_rates(num_heads), dtype=torch.long), persistent=False
-        )
+        self.rate_of_head = options.head_rates(num_heads)
+        self.register_buffer("head_rates", torch.tensor(self.rate_of_head, dtype=torch.long), persistent=False)
         self.k_proj = nn.Linear(self.kdim, embed_dim)
         self.v_proj = nn.Linear(self.vdim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
@@ -215,16 +215,22 @@ class MultiResolutionAttention(nn.Module):
         if attn_mask is None:
             return self._bidirectional(q, k, v, key_padding_mask)
         self._check_future_mask(attn_mask, q.size(2))
-        order = left_align_order(key_padding_mask) if has_padding(key_padding_mask) else None
-        if order is not None:
+        # Trailing pads (fairseq's targets) need nothing: a causal query never sees later positions.
+        order = None
+        if has_padding(key_padding_mask) and not is_left_aligned(key_padding_mask):
+            order = left_align_order(key_padding_mask)
             q, k, v = gather_time(q, order), gather_time(k, order), gather_time(v, order)
         decay = self.block_decay()
-        decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
-        outputs = [
-            causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps, self.divide, decay)
-            for qg, kg, vg, rate, decay in zip(self._groups(q), self._groups(k), self._groups(v), self.rates, decays)
-        ]
-        out = torch.cat(outputs, dim=1)
+        if dense_is_cheaper(q.size(2), q.size(2)):
+            out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay)
+        else:
+            decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
+            out = torch.cat([
+                causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps, self.divide,
+                                 group_decay)
+                for qg, kg, vg, rate, group_decay in zip(
+                    self._groups(q), self._groups(k), self._groups(v), self.rates, decays)
+            ], dim=1)
         return scatter_time(out, order) if order is not None else out
 
     def block_decay(self) -> Optional[Tensor]:
@@ -234,6 +240,9 @@ class MultiResolutionAttention(nn.Module):
         return torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates)
 
     def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
+        if dense_is_cheaper(k.size(2), q.size(2)):
+            return bidirectional_dense(q, k, v, self.rate_of_head, key_padding_mask, self.feature_map, self.eps,
+                                       self.divide)
         return torch.cat([
             bidirectional_attention(qg, kg, vg, rate, key_padding_mask, self.feature_map, self.eps, self.divide)
             for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)

@@ -63,31 +63,31 @@ def taylor2(x: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_halves(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+    """``(..., N)`` -> ``(..., 2, N)``: softmax of u and of -u, side by side (two passes over memory)."""
+    signs = torch.tensor([[1.0], [-1.0]], dtype=x.dtype, device=x.device)
+    return torch.softmax(x.unsqueeze(-2) * signs, dim=-1)
 
 
 class _SoftmaxPair(torch.autograd.Function):
     """``[softmax(u), softmax(-u)]`` keeping only its output for the backward pass.
 
     Autograd would keep both softmax outputs and, through the product that
-    reads the features next, their concatenation too: twice the memory.
+    reads the features next, their concatenation too: twice the memory. The
+    backward pass is torch's fused softmax backward on both halves at once.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        features = _softmax_halves(x)
-        ctx.save_for_backward(features)
-        return features
+        halves = _softmax_halves(x)
+        ctx.save_for_backward(halves)
+        return halves.flatten(-2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (features,) = ctx.saved_tensors
-        positive, negative = features.chunk(2, dim=-1)
-        grad_positive, grad_negative = grad.chunk(2, dim=-1)
-        # softmax's Jacobian-vector product y * (g - <g, y>), the second half with the sign of -u
-        through_positive = positive * (grad_positive - (grad_positive * positive).sum(dim=-1, keepdim=True))
-        through_negative = negative * (grad_negative - (grad_negative * negative).sum(dim=-1, keepdim=True))
-        return through_positive - through_negative
+        (halves,) = ctx.saved_tensors
+        # softmax's Jacobian-vector product y * (g - <g, y>) for each half; the second half saw -u
+        through = torch._softmax_backward_data(grad.reshape(halves.shape), halves, -1, halves.dtype)
+        return through[..., 0, :] - through[..., 1, :]
 
 
 def softmax_pair(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +99,7 @@ def softmax_pair(x: torch.Tensor) -> torch.Tensor:
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return _SoftmaxPair.apply(x)
-    return _softmax_halves(x)
+    return _softmax_halves(x).flatten(-2)
 
 
 FEATURE_MAPS: Dict[str, FeatureMap] = {

@@ -20,6 +20,11 @@ def has_padding(key_padding_mask: Optional[torch.Tensor]) -> bool:
     return key_padding_mask is not None and bool(key_padding_mask.any())
 
 
+def is_left_aligned(key_padding_mask: torch.Tensor) -> bool:
+    """True if every row's pads ``(B, T)`` (True = pad) come after all its real tokens."""
+    return not bool((key_padding_mask[:, :-1] & ~key_padding_mask[:, 1:]).any())
+
+
 def left_align_order(key_padding_mask: torch.Tensor) -> torch.Tensor:
     """``(B, T)`` gather indices that put real tokens first, in their original order."""
     # Stable sort of the pad flags: real tokens (False) keep their relative order.

@@ -1,0 +1,183 @@
+"""AdaMRA attention of all heads at once, in dense form: the fast path for short inputs.
+
+The per-group ops (:mod:`.bidirectional`, :mod:`.causal`) loop over rate
+groups, move each row's tokens to the front before pooling and, for causal
+attention, run the chunked scan. At MT sentence lengths (tens of tokens)
+their many small operations and copies cost more than the arithmetic. Here:
+
+* bidirectional (:func:`bidirectional_dense`): each rate group pools its keys
+  and values with one product by a ``(B, 1, M, S)`` pooling matrix
+  (:func:`pooling_matrix`; blocks counted from each row's first real token,
+  so any padding layout works without reordering), then reads the blocks in
+  the quadratic form ``(phi(q) phi(kbar)^T) vbar``; rate 1 needs no pooling
+  (the order of the slots does not matter to a bidirectional read);
+* causal (:func:`causal_dense`, left-aligned rows): every head's running
+  block means ``ktilde_t``, ``vtilde_t`` as one product with a fixed
+  ``(H, T, T)`` averaging matrix (:func:`running_mean_matrix`), then one
+  ``(B, H, T, T)`` weight matrix ``phi(q_t).phi(ktilde_u)`` times a fixed
+  per-head mask: 1 on the diagonal (the own block, whose mean at t is
+  ``ktilde_t``) and ``g^(b - j)`` at the last position u of each complete
+  block j < b (where ``ktilde_u`` is that block's mean); 0 elsewhere.
+
+Both are quadratic in the length (as softmax attention is), so the model
+takes them only for short inputs (:func:`dense_is_cheaper`) and the linear
+per-group ops beyond. Same numbers as those ops, up to rounding (tested
+against them and the naive reference).
+"""
+
+from functools import lru_cache
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .bidirectional import accumulation_dtype
+from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one
+from .pooling import block_count
+
+# Longest input (keys or queries) for which the model takes the dense form; beyond it the linear
+# per-group ops are faster on a 2-core CPU (scripts/bench_attention.py, docs/benchmarks.md).
+DENSE_MAX_LENGTH = 256
+
+
+def dense_is_cheaper(src_len: int, tgt_len: int) -> bool:
+    """Whether the model should use the dense form for ``tgt_len`` queries over ``src_len`` keys."""
+    return max(src_len, tgt_len) <= DENSE_MAX_LENGTH
+
+
+def rate_groups(head_rates: Sequence[int]) -> List[Tuple[int, int]]:
+    """``(rate, heads)`` of each run of consecutive heads that share a rate, in head order."""
+    groups: List[Tuple[int, int]] = []
+    for rate in head_rates:
+        if groups and groups[-1][0] == rate:
+            groups[-1] = (rate, groups[-1][1] + 1)
+        else:
+            groups.append((int(rate), 1))
+    return groups
+
+
+def kernel_weights(q: torch.Tensor, k: torch.Tensor, feature_map: FeatureMap) -> torch.Tensor:
+    """``phi(q) phi(k)^T``: ``(B, h, T, N)`` and ``(B, h, M, N)`` -> ``(B, h, T, M)`` (for the
+    :data:`DOT_PRODUCT_KERNELS`, from the N-wide dot products)."""
+    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
+    if kernel is not None:
+        return kernel(q @ k.transpose(-1, -2))
+    return feature_map(q) @ feature_map(k).transpose(-1, -2)
+
+
+def weighted_read(weights: torch.Tensor, v: torch.Tensor, eps: float, divide: bool) -> torch.Tensor:
+    """``weights @ v``, divided by the row sums of ``weights`` (+ eps) if ``divide``."""
+    out = weights @ v
+    return out / (weights.sum(dim=-1, keepdim=True) + eps) if divide else out
+
+
+def pooling_matrix(real: torch.Tensor, rate: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Block means as a matrix: ``real`` ``(B, S)`` (True at real tokens, anywhere in the row) ->
+    ``P`` ``(B, 1, M, S)`` with ``P @ x`` the means of ``x`` over blocks of ``rate`` real tokens
+    (0 for empty blocks), and the ``(B, 1, 1, M)`` 1/0 weights of the blocks that hold a token,
+    both in ``dtype``; ``M = ceil(S / rate)``."""
+    rank = real.long().cumsum(dim=1) - 1  # (B, S): each real token's index among its row's real tokens
+    blocks = torch.arange(block_count(real.size(1), rate), device=real.device)
+    members = ((rank // rate)[:, None, :] == blocks[None, :, None]) & real[:, None, :]  # (B, M, S)
+    sizes = members.sum(dim=-1, keepdim=True).to(dtype)
+    return (members.to(dtype) / sizes.clamp(min=1)).unsqueeze(1), (sizes > 0).transpose(1, 2).unsqueeze(1).to(dtype)
+
+
+def bidirectional_dense(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_rates: Sequence[int],
+    key_padding_mask: Optional[torch.Tensor] = None,
+    feature_map: FeatureMap = elu_plus_one,
+    eps: float = 1e-6,
+    divide: bool = True,
+) -> torch.Tensor:
+    """Non-causal AdaMRA attention of all heads, as :func:`.bidirectional.bidirectional_attention` per group.
+
+    q ``(B, H, T, N)``, k ``(B, H, S, N)``, v ``(B, H, S, Dv)``, head_rates: the rate of each head,
+    key_padding_mask ``(B, S)`` (True = pad, any layout) -> ``(B, H, T, Dv)`` in q's dtype.
+    """
+    acc = accumulation_dtype(q.dtype)
+    real = None if key_padding_mask is None else ~key_padding_mask
+    groups = rate_groups(head_rates)
+    sizes = [heads for _, heads in groups]
+    outputs = []
+    for (rate, _), qg, kg, vg in zip(groups, q.to(acc).split(sizes, 1), k.to(acc).split(sizes, 1),
+                                     v.to(acc).split(sizes, 1)):
+        filled = None if real is None else real[:, None, None, :].to(acc)
+        if rate > 1:
+            if real is None:
+                real = torch.ones(k.size(0), k.size(2), dtype=torch.bool, device=k.device)
+            pool, filled = pooling_matrix(real, rate, acc)
+            kg, vg = pool @ kg, pool @ vg
+        weights = kernel_weights(qg, kg, feature_map)
+        if filled is not None:
+            weights = weights * filled
+        outputs.append(weighted_read(weights, vg, eps, divide))
+    return torch.cat(outputs, dim=1).to(q.dtype)
+
+
+@lru_cache(maxsize=64)
+def _running_mean_matrix(length: int, rates: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    head_rates = torch.tensor(rates, device=device)[:, None, None]
+    query = torch.arange(length, device=device)[None, :, None]
+    key = torch.arange(length, device=device)[None, None, :]
+    own_block = (key <= query) & (key >= query // head_rates * head_rates)
+    return own_block.double() / own_block.sum(dim=-1, keepdim=True).double()
+
+
+def running_mean_matrix(length: int, head_rates: Sequence[int], dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor:
+    """``(H, T, T)`` matrix whose product with ``x`` ``(B, H, T, D)`` gives, for each head of rate r, the
+    mean of x over positions ``(t // r) * r .. t`` (the running mean of t's block)."""
+    return _running_mean_matrix(length, tuple(int(rate) for rate in head_rates), device).to(dtype)
+
+
+@lru_cache(maxsize=64)
+def _causal_mask_parts(length: int, rates: Tuple[int, ...], device: torch.device):
+    """``(H, T, T)`` masks of the causal dense form: the diagonal (own block), the last positions of
+    the complete blocks before each query's block (1/0), and how many blocks back those lie."""
+    head_rates = torch.tensor(rates, device=device)[:, None, None]
+    query = torch.arange(length, device=device)[None, :, None]
+    key = torch.arange(length, device=device)[None, None, :]
+    blocks_back = query // head_rates - key // head_rates  # (H, T, T)
+    block_end = (key + 1) % head_rates == 0
+    earlier = block_end & (blocks_back > 0)
+    own = (query == key).expand(len(rates), -1, -1)
+    return own.double(), earlier.double(), blocks_back.clamp(min=0).double()
+
+
+def causal_mask(length: int, head_rates: Sequence[int], dtype: torch.dtype, device: torch.device,
+                block_decay: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(H, T, T)`` weights of the causal dense form (see the module docstring)."""
+    own, earlier, blocks_back = (
+        part.to(dtype) for part in _causal_mask_parts(length, tuple(int(rate) for rate in head_rates), device)
+    )
+    if block_decay is not None:
+        earlier = earlier * block_decay.to(dtype)[:, None, None] ** blocks_back
+    return own + earlier
+
+
+def causal_dense(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_rates: Sequence[int],
+    feature_map: FeatureMap = elu_plus_one,
+    eps: float = 1e-6,
+    divide: bool = True,
+    block_decay: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Causal AdaMRA attention of all heads, as :func:`.causal.causal_attention` per group.
+
+    Args:
+        q, k: ``(B, H, T, N)``; v: ``(B, H, T, Dv)``, left-aligned rows (trailing pads need no mask).
+        head_rates: the rate of each head; block_decay: ``(H,)`` g per block of distance, or None.
+    Returns:
+        ``(B, H, T, Dv)`` in q's dtype.
+    """
+    acc = accumulation_dtype(q.dtype)
+    mask = causal_mask(q.size(2), head_rates, acc, q.device, block_decay)
+    running = running_mean_matrix(q.size(2), head_rates, acc, q.device)
+    weights = kernel_weights(q.to(acc), running @ k.to(acc), feature_map) * mask
+    return weighted_read(weights, running @ v.to(acc), eps, divide).to(q.dtype)
