@@ -105,14 +105,15 @@ def test_causal_matches_naive(rate, chunk_factor, length):
     assert torch.allclose(actual, expected, atol=TOL)
 
 
-def recurrent_attention(q, k, v, head_rates, feature_map=elu_plus_one, divide=True, feature_dim=None):
+def recurrent_attention(q, k, v, head_rates, feature_map=elu_plus_one, divide=True, feature_dim=None,
+                        block_decay=None, in_place=False):
     """Every position through :func:`causal_step`, one at a time: ``(B, H, T, Dv)``."""
     batch, heads, length, dim = q.shape
     state = initial_state(batch, heads, dim, v.size(-1), q.dtype, q.device, feature_dim)
     outputs = []
     for t in range(length):
         out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor(head_rates),
-                                 feature_map, divide=divide)
+                                 feature_map, divide=divide, block_decay=block_decay, in_place=in_place)
         outputs.append(out)
     return torch.stack(outputs, dim=2)
 
@@ -217,6 +218,24 @@ def test_recurrent_steps_match_naive_for_mixed_rates():
     rates = [1, 2, 3, 5]
     expected = naive_adamra_attention(q, k, v, rates, causal=True)
     assert torch.allclose(recurrent_attention(q, k, v, rates), expected, atol=TOL)
+
+
+@pytest.mark.parametrize("decay", [None, [0.9, 0.5, 0.8, 0.3]])
+def test_in_place_steps_fold_only_completing_heads_and_match_naive(decay):
+    """Rates 1, 2, 4, 4: some steps fold one head, some two, some all four (the three update paths)."""
+    q, k, v = random_qkv(heads=4, length=13, seed=25)
+    rates = [1, 2, 4, 4]
+    block_decay = None if decay is None else torch.tensor(decay, dtype=torch.float64)
+    actual = recurrent_attention(q, k, v, rates, FEATURE_MAPS["hedgehog"], feature_dim=10, block_decay=block_decay,
+                                 in_place=True)
+    expected = naive_adamra_attention(q, k, v, rates, causal=True, feature_map=FEATURE_MAPS["hedgehog"],
+                                      block_decay=decay)
+    assert torch.allclose(actual, expected, atol=TOL)
+    # without in_place a step leaves the state it was given as it was
+    state = initial_state(3, 4, 5, 5, q.dtype, q.device)
+    before = {name: tensor.clone() for name, tensor in state.items()}
+    causal_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, torch.tensor(rates))
+    assert all(torch.equal(state[name], before[name]) for name in state)
 
 
 def linear_attention(q, k, v, causal, eps=1e-6):

@@ -332,10 +332,12 @@ class MultiResolutionAttention(nn.Module):
                 batch, self.num_heads, k.size(-1), self.head_dim, q.dtype, q.device, self.feature_dim
             )
         outputs = []
+        # Without gradients (generation) the state is advanced in place: nothing else reads an earlier step's.
+        in_place = not torch.is_grad_enabled()
         for position in range(q.size(2)):  # generation passes one position at a time
             out, state = causal_step(
                 q[:, :, position], k[:, :, position], v[:, :, position], state,
-                self.head_rates, self.feature_map, self.eps, self.divide, self.block_decay(),
+                self.head_rates, self.feature_map, self.eps, self.divide, self.block_decay(), in_place,
             )
             outputs.append(out.to(q.dtype).unsqueeze(2))
         self._set_input_buffer(incremental_state, state)

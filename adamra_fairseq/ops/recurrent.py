@@ -48,6 +48,7 @@ def causal_step(
     eps: float = 1e-6,
     divide: bool = True,
     block_decay: Optional[torch.Tensor] = None,
+    in_place: bool = False,
 ):
     """Attends the newest position and advances the state (``divide``: by the kernel normaliser).
 
@@ -56,8 +57,11 @@ def causal_step(
 
     Args:
         q, k: ``(B, H, D)``; v: ``(B, H, Dv)``, the newest position.
-        state: from :func:`initial_state` or a previous step (not modified).
+        state: from :func:`initial_state` or a previous step; not modified unless ``in_place``.
         head_rates: ``(H,)``, the rate of each head.
+        in_place: fold complete blocks into ``state["summary"]`` in place, touching only the heads where
+            a block completes (decoding without gradients: the largest tensor of the state is then
+            neither copied nor rewritten at every step).
     Returns:
         ``(out (B, H, Dv) in q's dtype, new state)``.
     """
@@ -77,7 +81,16 @@ def causal_step(
     # [S | z] <- g ([S | z] + phi(kbar) [vbar | 1]^T) where the block completes (g = 1 without decay), else
     # unchanged. The decay goes into the scale, so the stored matrix is touched once, by the outer product.
     fold_weight = phi_own * complete / scale
-    summary = torch.addcmul(state["summary"], fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
+    if in_place:
+        summary = state["summary"]
+        folding = complete.flatten(1).any(dim=0).nonzero().flatten()  # heads where some row's block completes
+        if folding.numel() == summary.size(1):
+            summary.addcmul_(fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
+        elif folding.numel():
+            fold = fold_weight.index_select(1, folding).unsqueeze(-1) * own_v.index_select(1, folding).unsqueeze(-2)
+            summary.index_add_(1, folding, fold)
+    else:
+        summary = torch.addcmul(state["summary"], fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
     if block_decay is not None:
         scale = scale * torch.where(complete, block_decay.to(acc)[None, :, None], 1.0)
         small = scale < RESCALE_BELOW
