@@ -362,6 +362,16 @@ def test_source_blocks_match_naive_and_short_sources_get_softmax_attention(rate,
         assert torch.allclose(expected, torch.softmax(scores, dim=-1) @ v, atol=TOL)
 
 
+@pytest.mark.parametrize("rate,max_blocks", [(1, 4), (2, 3), (1, 20)])
+def test_source_blocks_count_from_each_rows_first_real_token_with_pads_anywhere(rate, max_blocks):
+    from adamra_fairseq.ops.source_memory import read_memory, source_blocks
+
+    q, k, v = random_qkv(batch=5, length=4, src_len=13, seed=26)
+    mask = pads_everywhere(13)
+    expected = naive_adamra_attention(q, k, v, [rate] * 2, mask, max_blocks=max_blocks)
+    assert torch.allclose(read_memory(q, *source_blocks(k, v, max_blocks, rate, mask)), expected, atol=TOL)
+
+
 # ----- the dense all-heads form (short inputs) ---------------------------------------------------
 MIXED_RATES = [1, 2, 2, 3, 4, 8]  # groups of unequal size, a rate that does not divide the length
 

@@ -35,9 +35,9 @@ a low-order polynomial or a fixed feature product of the dot product.
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .bidirectional import accumulation_dtype
-from .padding import left_aligned_keys_values
 
 
 def compress_source(
@@ -64,22 +64,25 @@ def source_blocks(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's real tokens pooled into at most ``max_blocks`` blocks of ``max(rate, ceil(length / max_blocks))``.
 
+    Blocks are counted from each row's first real token, whatever the padding layout (pads anywhere).
+
     Args:
         k: ``(B, h, S, N)``; v: ``(B, h, S, Dv)``; key_padding_mask: ``(B, S)``, True = pad, or None.
     Returns:
         block-mean keys ``(B, h, L, N)`` and values ``(B, h, L, Dv)`` in the accumulation dtype, and
         ``(B, 1, 1, L)`` 1/0 weights of the blocks that hold a token, with ``L = min(max_blocks, S)``.
     """
-    seq_len = k.size(2)
-    k, v, lengths, _ = left_aligned_keys_values(k, v, key_padding_mask)
+    batch, _, seq_len, _ = k.shape
     acc = accumulation_dtype(k.dtype)
     num_blocks = min(max_blocks, seq_len)
+    real = (torch.ones(batch, seq_len, dtype=torch.bool, device=k.device) if key_padding_mask is None
+            else ~key_padding_mask)
+    lengths = real.sum(dim=1)
     size = torch.clamp(-(-lengths // max_blocks), min=rate)  # (B,) tokens per block of each row
-    positions = torch.arange(seq_len, device=k.device)
-    real = positions[None, :] < lengths[:, None]  # (B, S)
     if rate == 1 and num_blocks == seq_len and bool((size == 1).all()):  # one block per token: no pooling
         return k.to(acc), v.to(acc), real[:, None, None, :].to(acc)
-    block_of = positions[None, :] // size[:, None]  # (B, S)
+    rank = real.long().cumsum(dim=1) - 1  # each real token's index among its row's real tokens
+    block_of = rank // size[:, None]  # (B, S)
     members = (block_of[:, None, :] == torch.arange(num_blocks, device=k.device)[None, :, None]) & real[:, None, :]
     counts = members.sum(dim=-1)  # (B, L)
     weights = (members.to(acc) / counts.clamp(min=1)[..., None].to(acc)).unsqueeze(1)  # (B, 1, L, S)
@@ -92,7 +95,8 @@ def read_memory(
 ) -> torch.Tensor:
     """Softmax read of the memory: queries ``(B, h, T, N)``, memory ``(B, h, L, N)`` and ``(B, h, L, Dv)``,
     ``filled`` (broadcast to ``(B, h, 1, L)``, 1/0; None: every row is real) -> ``(B, h, T, Dv)`` in q's dtype."""
-    scores = torch.matmul(q.to(memory_keys.dtype), memory_keys.transpose(-1, -2))
-    if filled is not None:
-        scores = scores.masked_fill(filled == 0, float("-inf"))
-    return (torch.softmax(scores, dim=-1) @ memory_values).to(q.dtype)
+    mask = None if filled is None else filled > 0
+    # torch's fused attention (unscaled: q carries any scale), the same numbers as softmax(q K^T) V
+    read = F.scaled_dot_product_attention(q.to(memory_keys.dtype), memory_keys, memory_values, attn_mask=mask,
+                                          scale=1.0)
+    return read.to(q.dtype)
