@@ -35,7 +35,6 @@ a low-order polynomial or a fixed feature product of the dot product.
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .bidirectional import accumulation_dtype
 
@@ -95,8 +94,7 @@ def read_memory(
 ) -> torch.Tensor:
     """Softmax read of the memory: queries ``(B, h, T, N)``, memory ``(B, h, L, N)`` and ``(B, h, L, Dv)``,
     ``filled`` (broadcast to ``(B, h, 1, L)``, 1/0; None: every row is real) -> ``(B, h, T, Dv)`` in q's dtype."""
-    mask = None if filled is None else filled > 0
-    # torch's fused attention (unscaled: q carries any scale), the same numbers as softmax(q K^T) V
-    read = F.scaled_dot_product_attention(q.to(memory_keys.dtype), memory_keys, memory_values, attn_mask=mask,
-                                          scale=1.0)
-    return read.to(q.dtype)
+    scores = torch.matmul(q.to(memory_keys.dtype), memory_keys.transpose(-1, -2))
+    if filled is not None:
+        scores = scores.masked_fill(filled == 0, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ memory_values).to(q.dtype)
