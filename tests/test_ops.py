@@ -418,6 +418,17 @@ def test_dense_causal_matches_naive_and_the_chunked_op(name, decay, length):
     assert torch.allclose(actual, chunked, atol=TOL)
 
 
+def test_dense_forms_with_values_wider_than_the_keys_match_naive():
+    """M <= Dv: the weights are normalised before the product (the other order of the same division)."""
+    q, k, v = random_qkv(batch=5, heads=len(MIXED_RATES), length=9, dim=16, seed=27)
+    mask = pads_everywhere(9)
+    hedgehog = FEATURE_MAPS["hedgehog"]
+    assert torch.allclose(bidirectional_dense(q, k, v, MIXED_RATES, mask, hedgehog),
+                          naive_adamra_attention(q, k, v, MIXED_RATES, mask, feature_map=hedgehog), atol=TOL)
+    assert torch.allclose(causal_dense(q, k, v, MIXED_RATES, hedgehog),
+                          naive_adamra_attention(q, k, v, MIXED_RATES, causal=True, feature_map=hedgehog), atol=TOL)
+
+
 def test_dense_causal_never_sees_the_future():
     q, k, v = random_qkv(heads=len(MIXED_RATES), length=12, seed=23)
     out = causal_dense(q, k, v, MIXED_RATES)

@@ -65,9 +65,15 @@ def kernel_weights(q: torch.Tensor, k: torch.Tensor, feature_map: FeatureMap) ->
 
 
 def weighted_read(weights: torch.Tensor, v: torch.Tensor, eps: float, divide: bool) -> torch.Tensor:
-    """``weights @ v``, divided by the row sums of ``weights`` (+ eps) if ``divide``."""
-    out = weights @ v
-    return out / (weights.sum(dim=-1, keepdim=True) + eps) if divide else out
+    """``weights @ v`` ``(..., T, M) x (..., M, Dv)``, divided by the row sums of ``weights`` (+ eps) if
+    ``divide``: the weights are divided first when they are the smaller tensor (M <= Dv, MT sentences),
+    which costs less and keeps less for the backward pass."""
+    if not divide:
+        return weights @ v
+    normaliser = weights.sum(dim=-1, keepdim=True) + eps
+    if weights.size(-1) <= v.size(-1):
+        return (weights / normaliser) @ v
+    return (weights @ v) / normaliser
 
 
 def pooling_matrix(real: torch.Tensor, rate: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
