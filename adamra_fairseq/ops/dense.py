@@ -13,7 +13,7 @@ their many small operations and copies cost more than the arithmetic. Here:
   (the order of the slots does not matter to a bidirectional read);
 * causal (:func:`causal_dense`, left-aligned rows): every head's running
   block means ``ktilde_t``, ``vtilde_t`` as one product with a fixed
-  ``(H, T, T)`` averaging matrix (:func:`running_mean_matrix`), then one
+  ``(H, T, T)`` averaging matrix (:func:`causal_matrices`), then one
   ``(B, H, T, T)`` weight matrix ``phi(q_t).phi(ktilde_u)`` times a fixed
   per-head mask: 1 on the diagonal (the own block, whose mean at t is
   ``ktilde_t``) and ``g^(b - j)`` at the last position u of each complete
@@ -123,45 +123,34 @@ def bidirectional_dense(
     return torch.cat(outputs, dim=1).to(q.dtype)
 
 
-@lru_cache(maxsize=64)
-def _running_mean_matrix(length: int, rates: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+# The fixed matrices of the causal form, per (length, rates, dtype, device): four (H, T, T) tensors, e.g.
+# 8 MB for 8 heads at 256 tokens in fp32; a training run meets at most a few hundred lengths.
+@lru_cache(maxsize=16)
+def _causal_matrices(length: int, rates: Tuple[int, ...], dtype: torch.dtype, device: torch.device):
+    """Running-mean matrix, the diagonal (own block), the last positions of the complete blocks before each
+    query's block (1/0) and how many blocks back those lie: each ``(H, T, T)`` in ``dtype``."""
     head_rates = torch.tensor(rates, device=device)[:, None, None]
     query = torch.arange(length, device=device)[None, :, None]
     key = torch.arange(length, device=device)[None, None, :]
     own_block = (key <= query) & (key >= query // head_rates * head_rates)
-    return own_block.double() / own_block.sum(dim=-1, keepdim=True).double()
-
-
-def running_mean_matrix(length: int, head_rates: Sequence[int], dtype: torch.dtype,
-                        device: torch.device) -> torch.Tensor:
-    """``(H, T, T)`` matrix whose product with ``x`` ``(B, H, T, D)`` gives, for each head of rate r, the
-    mean of x over positions ``(t // r) * r .. t`` (the running mean of t's block)."""
-    return _running_mean_matrix(length, tuple(int(rate) for rate in head_rates), device).to(dtype)
-
-
-@lru_cache(maxsize=64)
-def _causal_mask_parts(length: int, rates: Tuple[int, ...], device: torch.device):
-    """``(H, T, T)`` masks of the causal dense form: the diagonal (own block), the last positions of
-    the complete blocks before each query's block (1/0), and how many blocks back those lie."""
-    head_rates = torch.tensor(rates, device=device)[:, None, None]
-    query = torch.arange(length, device=device)[None, :, None]
-    key = torch.arange(length, device=device)[None, None, :]
-    blocks_back = query // head_rates - key // head_rates  # (H, T, T)
-    block_end = (key + 1) % head_rates == 0
-    earlier = block_end & (blocks_back > 0)
+    running = own_block.double() / own_block.sum(dim=-1, keepdim=True).double()
+    blocks_back = query // head_rates - key // head_rates
+    earlier = ((key + 1) % head_rates == 0) & (blocks_back > 0)
     own = (query == key).expand(len(rates), -1, -1)
-    return own.double(), earlier.double(), blocks_back.clamp(min=0).double()
+    return tuple(part.to(dtype) for part in (running, own, earlier, blocks_back.clamp(min=0)))
 
 
-def causal_mask(length: int, head_rates: Sequence[int], dtype: torch.dtype, device: torch.device,
-                block_decay: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``(H, T, T)`` weights of the causal dense form (see the module docstring)."""
-    own, earlier, blocks_back = (
-        part.to(dtype) for part in _causal_mask_parts(length, tuple(int(rate) for rate in head_rates), device)
+def causal_matrices(length: int, head_rates: Sequence[int], dtype: torch.dtype, device: torch.device,
+                    block_decay: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``(H, T, T)`` running-mean matrix (its product with ``x`` ``(B, H, T, D)`` gives, for each head of
+    rate r, the mean of x over positions ``(t // r) * r .. t``) and the weight mask of the causal form
+    (see the module docstring), with the decay ``g^(b - j)`` if ``block_decay`` ``(H,)`` is given."""
+    running, own, earlier, blocks_back = _causal_matrices(
+        length, tuple(int(rate) for rate in head_rates), dtype, device
     )
     if block_decay is not None:
         earlier = earlier * block_decay.to(dtype)[:, None, None] ** blocks_back
-    return own + earlier
+    return running, own + earlier
 
 
 def causal_dense(
@@ -183,7 +172,6 @@ def causal_dense(
         ``(B, H, T, Dv)`` in q's dtype.
     """
     acc = accumulation_dtype(q.dtype)
-    mask = causal_mask(q.size(2), head_rates, acc, q.device, block_decay)
-    running = running_mean_matrix(q.size(2), head_rates, acc, q.device)
+    running, mask = causal_matrices(q.size(2), head_rates, acc, q.device, block_decay)
     weights = kernel_weights(q.to(acc), running @ k.to(acc), feature_map) * mask
     return weighted_read(weights, running @ v.to(acc), eps, divide).to(q.dtype)
