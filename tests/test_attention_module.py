@@ -123,6 +123,20 @@ def test_decoder_self_attention_matches_causal_reference(routing, feature_map):
     assert torch.allclose(out, reference_forward(module, x, x, causal=True), atol=1e-10)
 
 
+@pytest.mark.parametrize("layout", ["pads at the end", "pads in front"])
+def test_padded_decoder_self_attention_matches_causal_reference_at_real_positions(layout):
+    """fairseq pads targets at the end (used as they are); other layouts are moved to the end and back."""
+    module = make_module(rates=(1, 2, 4, 8), chunk=8, feature_map="hedgehog", causal_decay=True)
+    x = torch.randn(10, 3, EMBED, dtype=torch.float64)
+    lengths = torch.tensor([10, 6, 1])
+    positions = torch.arange(10)[None, :]
+    mask = positions >= lengths[:, None] if layout == "pads at the end" else positions < (10 - lengths)[:, None]
+    out, _ = module(x, x, x, key_padding_mask=mask, attn_mask=future_mask(10))
+    expected = reference_forward(module, x, x, mask, causal=True)
+    real = ~mask.t()  # (T, B)
+    assert torch.allclose(out[real], expected[real], atol=1e-10)
+
+
 def test_decoder_self_attention_rejects_other_masks():
     module = make_module()
     x = torch.randn(5, 2, EMBED, dtype=torch.float64)
