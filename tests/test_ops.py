@@ -195,32 +195,6 @@ def test_softmax_pair_backward_passes_the_gradient_check_and_keeps_only_its_outp
     assert saved[0].numel() == features.numel()
 
 
-@pytest.mark.parametrize("decay", [None, [0.9, 0.5, 0.8, 0.3]])
-@pytest.mark.parametrize("summarise_after", [None, 0, 5])
-@pytest.mark.parametrize("in_place", [False, True])
-def test_block_list_state_matches_naive_and_turns_into_the_summary(decay, summarise_after, in_place):
-    """Decoding from the list of complete blocks (never summarised, summarised at once, or after 5 steps)."""
-    from adamra_fairseq.ops.recurrent_blocks import blocks_to_summary, causal_step_blocks, initial_block_state
-
-    q, k, v = random_qkv(heads=4, length=13, seed=28)
-    rates = torch.tensor([1, 2, 4, 3])
-    hedgehog = FEATURE_MAPS["hedgehog"]
-    block_decay = None if decay is None else torch.tensor(decay, dtype=torch.float64)
-    state = initial_block_state(3, 4, 5, 5, q.dtype, q.device, feature_dim=10)
-    steps = []
-    for t in range(13):
-        if t == summarise_after:
-            state = blocks_to_summary(state)
-        step = causal_step_blocks if "block_features" in state else causal_step
-        out, state = step(q[:, :, t], k[:, :, t], v[:, :, t], state, rates, hedgehog, block_decay=block_decay,
-                          in_place=in_place)
-        steps.append(out)
-    expected = naive_adamra_attention(q, k, v, rates.tolist(), causal=True, feature_map=hedgehog, block_decay=decay)
-    assert torch.allclose(torch.stack(steps, dim=2), expected, atol=TOL)
-    if summarise_after is None:  # the rate-1 head filled a slot at every step, the rate-4 head every 4th
-        assert state["block_features"].size(2) == 13 and state["blocks"][0, :, 0].tolist() == [13, 6, 3, 4]
-
-
 def test_causal_rejects_chunk_not_multiple_of_rate():
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match="multiple"):

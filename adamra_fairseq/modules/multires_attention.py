@@ -41,8 +41,7 @@ from ..ops.causal import causal_attention
 from ..ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
-from ..ops.recurrent import causal_step
-from ..ops.recurrent_blocks import blocks_to_summary, causal_step_blocks, initial_block_state, list_is_cheaper
+from ..ops.recurrent import causal_step, initial_state
 from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
 from .options import AdaMRAOptions
@@ -324,24 +323,22 @@ class MultiResolutionAttention(nn.Module):
                              self.feature_map, self.eps, self.divide)
 
     def _decode_steps(self, q, key, value, incremental_state) -> Tensor:
-        """Causal self-attention one position at a time, carrying the recurrent state: a list of the complete
-        blocks while that is the cheaper read, then their summary (``ops/recurrent_blocks.py``)."""
+        """Causal self-attention one position at a time, carrying the recurrent state."""
         k, v = self._keys_values(key, value)
         state = self._get_input_buffer(incremental_state)
-        if not state:
-            state = initial_block_state(
-                q.size(0), self.num_heads, k.size(-1), self.head_dim, q.dtype, q.device, self.feature_dim
+        if state.get("summary") is None:
+            batch = q.size(0)
+            state = initial_state(
+                batch, self.num_heads, k.size(-1), self.head_dim, q.dtype, q.device, self.feature_dim
             )
         outputs = []
         # Without gradients (generation) the state is advanced in place: nothing else reads an earlier step's.
         in_place = not torch.is_grad_enabled()
-        decay = self.block_decay()
         for position in range(q.size(2)):  # generation passes one position at a time
-            if "block_features" in state and not list_is_cheaper(state):
-                state = blocks_to_summary(state)
-            step = causal_step_blocks if "block_features" in state else causal_step
-            out, state = step(q[:, :, position], k[:, :, position], v[:, :, position], state, self.head_rates,
-                              self.feature_map, self.eps, self.divide, decay, in_place)
+            out, state = causal_step(
+                q[:, :, position], k[:, :, position], v[:, :, position], state,
+                self.head_rates, self.feature_map, self.eps, self.divide, self.block_decay(), in_place,
+            )
             outputs.append(out.to(q.dtype).unsqueeze(2))
         self._set_input_buffer(incremental_state, state)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)

@@ -38,22 +38,6 @@ def initial_state(
     }
 
 
-def advance_open_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State, feature_map: FeatureMap):
-    """Adds the newest key/value to the open block's running sums.
-
-    Returns q in the state's dtype and ``(open_k, open_v, phi(ktilde), [vtilde, 1])``: the new sums
-    ``(B, H, D)`` and ``(B, H, Dv + 1)`` (last entry: tokens in the open block) and the open block's
-    mean key's features and mean value with a trailing 1.
-    """
-    acc = state["open_v"].dtype
-    if q.dtype != acc:
-        q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    open_k = state["open_k"] + k
-    open_v = state["open_v"] + with_ones(v)
-    count = open_v[..., -1:]
-    return q, (open_k, open_v, feature_map(open_k / count), open_v / count)
-
-
 def causal_step(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -81,10 +65,14 @@ def causal_step(
     Returns:
         ``(out (B, H, Dv) in q's dtype, new state)``.
     """
-    q, open_block = advance_open_block(q, k, v, state, feature_map)
-    open_k, open_v, phi_own, own_v = open_block
-    acc = open_v.dtype
+    acc = state["summary"].dtype
+    if q.dtype != acc:
+        q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    open_k = state["open_k"] + k
+    open_v = state["open_v"] + with_ones(v)  # last entry: tokens in the open block
     count = open_v[..., -1:]
+    phi_own = feature_map(open_k / count)
+    own_v = open_v / count  # [mean v, 1]
     phi_q = feature_map(q)
     own_weight = (phi_q * phi_own).sum(dim=-1, keepdim=True)
     scale = state["scale"]  # (B, H, 1): the complete blocks' [S | z] is scale * state["summary"]
