@@ -65,3 +65,22 @@ def test_benchmark_tables_must_be_json_paths(tmp_path, script):
     assert result.returncode != 0
     assert f"--out {out} is not a .json path" in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(out)
+
+
+def test_output_lengths_counts_long_and_short_segments_against_their_references(tmp_path):
+    generated = tmp_path / "generate-test.txt"
+    generated.write_text(
+        "S-0\tein Satz\nT-0\tone two three four\nH-0\t-0.1\tone two three four five six\n"
+        "D-0\t-0.1\tone two three four five six\n"
+        "S-1\tnoch einer\nT-1\tone two three four\nD-1\t-0.2\tone\n"
+        "T-2\tone two\nD-2\t-0.3\tone two\n",
+        encoding="utf-8",
+    )
+    result = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(generated)])
+    row = result.stdout.strip().splitlines()[-1]
+    # 6 + 1 + 2 hypothesis words over 4 + 4 + 2 reference words; one segment too long, one too short
+    assert row == f"| {generated} | 3 | 0.900 | 1 | 1 |"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("S-0\tnothing else\n", encoding="utf-8")
+    failed = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(empty)], check=False)
+    assert failed.returncode != 0 and "has no T- lines" in failed.stderr.strip().splitlines()[-1]

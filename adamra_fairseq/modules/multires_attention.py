@@ -7,6 +7,9 @@ Which computation runs follows what fairseq passes in:
 * the decoder's triangular future mask, or the empty :func:`causal_marker`
   that ``AdaMRADecoder`` passes instead of building a T x T mask: the chunked
   causal op;
+* in both, inputs of at most ``ops.dense.DENSE_MAX_LENGTH`` tokens (every MT
+  sentence) take the dense all-heads form of ``ops/dense.py`` instead (same
+  numbers, fewer and larger operations), longer ones the linear per-group ops;
 * ``incremental_state`` in self-attention: one recurrent step per position;
 * ``incremental_state`` with ``static_kv`` (cross-attention): at the first
   step each rate group caches what the cheaper read needs (per-head summaries

@@ -34,8 +34,8 @@ from .bidirectional import accumulation_dtype
 from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one
 from .pooling import block_count
 
-# Longest input (keys or queries) for which the model takes the dense form; beyond it the linear
-# per-group ops are faster on a 2-core CPU (scripts/bench_attention.py, docs/benchmarks.md).
+# Longest input (keys or queries) for which the model takes the dense form: on a 2-core CPU the dense
+# form was faster up to 256 tokens and slower from 512 (batches of equal token counts; docs/benchmarks.md).
 DENSE_MAX_LENGTH = 256
 
 
