@@ -8,8 +8,9 @@ test suite depends on it.
 
 1. Correctness, float64 on the GPU against the naive reference computed on
    the CPU: bidirectional attention (state and quadratic forms, left pads),
-   chunked causal attention (with and without the learned decay), the
-   one-token recurrent step, and the gradients of the first two; then the
+   chunked causal attention (with and without the learned decay), the dense
+   all-heads forms of short inputs, the one-token recurrent step (also in
+   place), and the gradients of the first two; then the
    error of bfloat16 and float32 inputs (accumulation in float32).
 2. Speed and memory of one head group's forward + backward at long lengths,
    B=1, H=8, head width 64, Hedgehog features (128): the bidirectional and
@@ -38,7 +39,7 @@ def load_ops():
     sys.modules["adamra_ops"] = package
     spec.loader.exec_module(package)
     modules = {}
-    for name in ("bidirectional", "causal", "feature_maps", "naive", "recurrent"):
+    for name in ("bidirectional", "causal", "dense", "feature_maps", "naive", "recurrent"):
         modules[name] = __import__(f"adamra_ops.{name}", fromlist=[name])
     return modules
 
@@ -69,6 +70,14 @@ def correctness(ops, device):
         got = causal(*on_gpu, rate, chunk_size=rate * 4, feature_map=feature_map,
                      block_decay=torch.tensor(decay, dtype=torch.float64, device=device)).cpu()
         report[f"causal rate {rate} with decay"] = (got - expected).abs().max().item()
+    dense, rates, decay = ops["dense"], [1, 4], [0.9, 0.6]  # the dense form that inputs up to 256 tokens take
+    got = dense.bidirectional_dense(*on_gpu, rates, mask.to(device), feature_map).cpu()
+    expected = naive(q, k, v, rates, mask, feature_map=feature_map)
+    report["dense bidirectional, rates 1 and 4"] = (got - expected).abs().max().item()
+    got = dense.causal_dense(*on_gpu, rates, feature_map,
+                             block_decay=torch.tensor(decay, dtype=torch.float64, device=device)).cpu()
+    expected = naive(q, k, v, rates, causal=True, feature_map=feature_map, block_decay=decay)
+    report["dense causal with decay"] = (got - expected).abs().max().item()
     report.update(recurrent_check(ops, q, k, v, feature_map, device))
     report.update(gradient_check(ops, q, k, v, mask, feature_map, device))
     return report
@@ -79,15 +88,19 @@ def recurrent_check(ops, q, k, v, feature_map, device):
     recurrent = ops["recurrent"]
     rates = [1, 4]
     batch, heads, length, dim = q.shape
-    state = recurrent.initial_state(batch, heads, dim, dim, q.dtype, device, 2 * dim)
-    outputs = []
-    for t in range(length):
-        out, state = recurrent.causal_step(q[:, :, t].to(device), k[:, :, t].to(device), v[:, :, t].to(device),
-                                           state, torch.tensor(rates, device=device), feature_map)
-        outputs.append(out)
-    got = torch.stack(outputs, dim=2).cpu()
     expected = ops["naive"].naive_adamra_attention(q, k, v, rates, causal=True, feature_map=feature_map)
-    return {"recurrent step, rates 1 and 4": (got - expected).abs().max().item()}
+    report = {}
+    for in_place in (False, True):  # generation advances the state in place
+        state = recurrent.initial_state(batch, heads, dim, dim, q.dtype, device, 2 * dim)
+        outputs = []
+        for t in range(length):
+            out, state = recurrent.causal_step(q[:, :, t].to(device), k[:, :, t].to(device), v[:, :, t].to(device),
+                                               state, torch.tensor(rates, device=device), feature_map,
+                                               in_place=in_place)
+            outputs.append(out)
+        got = torch.stack(outputs, dim=2).cpu()
+        report[f"recurrent step, rates 1 and 4{', in place' if in_place else ''}"] = (got - expected).abs().max().item()
+    return report
 
 
 def gradient_check(ops, q, k, v, mask, feature_map, device):
