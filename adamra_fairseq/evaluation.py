@@ -30,21 +30,32 @@ class EvaluationError(Exception):
     pass
 
 
-def read_hypotheses(generate_output: str) -> Dict[int, str]:
-    """``{sentence id: hypothesis}`` from fairseq-generate's ``H-id<TAB>score<TAB>text`` lines."""
-    hypotheses: Dict[int, str] = {}
+# fairseq-generate's line kinds read here: where the text is, and what the line holds
+GENERATE_LINES = {"H": (2, "hypothesis"), "T": (1, "reference")}
+
+
+def read_generate_lines(generate_output: str, kind: str = "H") -> Dict[int, str]:
+    """``{sentence id: text}`` from fairseq-generate's ``H-id<TAB>score<TAB>text`` (``kind`` H, the
+    hypotheses) or ``T-id<TAB>text`` lines (``kind`` T, the references as the data-bin holds them)."""
+    text_field, what = GENERATE_LINES[kind]
+    texts: Dict[int, str] = {}
     with open(generate_output, encoding="utf-8") as handle:
         for line in handle:
-            if not line.startswith("H-"):
+            if not line.startswith(kind + "-"):
                 continue
             fields = line.rstrip("\n").split("\t")
             sentence_id = int(fields[0][2:])
-            if sentence_id in hypotheses:
+            if sentence_id in texts:
                 raise EvaluationError(
-                    f"{generate_output}: sentence {sentence_id} has more than one hypothesis (use --nbest 1)"
+                    f"{generate_output}: sentence {sentence_id} has more than one {what} (use --nbest 1)"
                 )
-            hypotheses[sentence_id] = fields[2] if len(fields) > 2 else ""
-    return hypotheses
+            texts[sentence_id] = fields[text_field] if len(fields) > text_field else ""
+    return texts
+
+
+def read_hypotheses(generate_output: str) -> Dict[int, str]:
+    """``{sentence id: hypothesis}`` of one fairseq-generate output."""
+    return read_generate_lines(generate_output, "H")
 
 
 def ordered_hypotheses(hypotheses: Dict[int, str], expected: int, source: str) -> List[str]:

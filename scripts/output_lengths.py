@@ -2,7 +2,7 @@
 
 usage: python scripts/output_lengths.py GENERATE_OUTPUT.txt [...]
 
-Reads the ``T-`` (reference) and ``D-`` (detokenised hypothesis) lines of
+Reads the ``T-`` (reference) and ``H-`` (hypothesis) lines of
 each file that ``fairseq-generate`` (or scripts/compare.py, which keeps them
 as ``generate-<subset>.txt``) wrote, and prints per file: the total
 hypothesis words over the total reference words, and how many segments are
@@ -12,23 +12,19 @@ the two a model's score is paying for.
 """
 
 import argparse
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from adamra_fairseq.evaluation import EvaluationError, read_generate_lines  # noqa: E402
 
 
 def read_pairs(path):
     """``{id: (reference, hypothesis)}`` of one generate output; fails with one line if it has none."""
-    references, hypotheses = {}, {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.rstrip("\n").split("\t")
-            if fields[0].startswith("T-") and len(fields) >= 2:
-                references[int(fields[0][2:])] = fields[1]
-            elif fields[0].startswith("D-") and len(fields) >= 3:
-                hypotheses[int(fields[0][2:])] = fields[2]
-    pairs = {key: (references[key], hypotheses.get(key, "")) for key in references}
-    if not pairs:
+    references, hypotheses = read_generate_lines(path, "T"), read_generate_lines(path, "H")
+    if not references:
         sys.exit(f"error: {path} has no T- lines: give a fairseq-generate output (generate-test.txt)")
-    return pairs
+    return {key: (reference, hypotheses.get(key, "")) for key, reference in references.items()}
 
 
 def main():
@@ -42,6 +38,8 @@ def main():
             pairs = read_pairs(path)
         except OSError as error:
             sys.exit(f"error: cannot read {path}: {error.strerror}")
+        except EvaluationError as error:
+            sys.exit(f"error: {error}")
         lengths = [(len(reference.split()), len(hypothesis.split())) for reference, hypothesis in pairs.values()]
         ratio = sum(hyp for _, hyp in lengths) / max(1, sum(ref for ref, _ in lengths))
         longer = sum(1 for ref, hyp in lengths if hyp > 1.15 * ref)

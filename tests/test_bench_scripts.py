@@ -72,8 +72,8 @@ def test_output_lengths_counts_long_and_short_segments_against_their_references(
     generated.write_text(
         "S-0\tein Satz\nT-0\tone two three four\nH-0\t-0.1\tone two three four five six\n"
         "D-0\t-0.1\tone two three four five six\n"
-        "S-1\tnoch einer\nT-1\tone two three four\nD-1\t-0.2\tone\n"
-        "T-2\tone two\nD-2\t-0.3\tone two\n",
+        "S-1\tnoch einer\nT-1\tone two three four\nH-1\t-0.2\tone\nD-1\t-0.2\tone\n"
+        "T-2\tone two\nH-2\t-0.3\tone two\nD-2\t-0.3\tone two\n",
         encoding="utf-8",
     )
     result = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(generated)])

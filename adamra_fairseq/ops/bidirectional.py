@@ -120,6 +120,15 @@ def attend_state(
     return normalise(feature_map(q.to(summary.dtype)) @ summary, eps, divide).to(q.dtype)
 
 
+def kernel_weights(q: torch.Tensor, k: torch.Tensor, feature_map: FeatureMap) -> torch.Tensor:
+    """``phi(q) phi(k)^T``: ``(B, h, T, N)`` and ``(B, h, M, N)`` -> ``(B, h, T, M)`` (for the
+    :data:`DOT_PRODUCT_KERNELS`, from the N-wide dot products)."""
+    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
+    if kernel is not None:
+        return kernel(q @ k.transpose(-1, -2))
+    return feature_map(q) @ feature_map(k).transpose(-1, -2)
+
+
 def attend_blocks(
     q: torch.Tensor,
     k_mean: torch.Tensor,
@@ -134,14 +143,9 @@ def attend_blocks(
     q ``(B, h, T, N)`` -> ``(B, h, T, Dv)`` in q's dtype. For the :data:`DOT_PRODUCT_KERNELS`
     the weights come from the N-wide ``q.kbar`` and the features are never built.
     """
-    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
-    if kernel is not None:
-        weights = kernel(q.to(k_mean.dtype) @ k_mean.transpose(2, 3))
-        if filled is not None:
-            weights = weights * filled
-    else:
-        phi_k = block_features(feature_map, k_mean, filled)
-        weights = feature_map(q.to(phi_k.dtype)) @ phi_k.transpose(2, 3)
+    weights = kernel_weights(q.to(k_mean.dtype), k_mean, feature_map)
+    if filled is not None:
+        weights = weights * filled
     return normalise(weights @ values, eps, divide).to(q.dtype)
 
 

@@ -7,7 +7,7 @@ their many small operations and copies cost more than the arithmetic. Here:
 
 * bidirectional (:func:`bidirectional_dense`): each rate group pools its keys
   and values with one product by a ``(B, 1, M, S)`` pooling matrix
-  (:func:`pooling_matrix`; blocks counted from each row's first real token,
+  (:func:`.pooling.pooling_matrix`; blocks counted from each row's first real token,
   so any padding layout works without reordering), then reads the blocks in
   the quadratic form ``(phi(q) phi(kbar)^T) vbar``; rate 1 needs no pooling
   (the order of the slots does not matter to a bidirectional read);
@@ -30,9 +30,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .bidirectional import accumulation_dtype
-from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one
-from .pooling import block_count
+from .bidirectional import accumulation_dtype, kernel_weights
+from .feature_maps import FeatureMap, elu_plus_one
+from .pooling import block_count, pooling_matrix
 
 # Longest input (keys or queries) for which the model takes the dense form: on a 2-core CPU the dense
 # form was faster up to 256 tokens and slower from 512 (batches of equal token counts; docs/benchmarks.md).
@@ -55,15 +55,6 @@ def rate_groups(head_rates: Sequence[int]) -> List[Tuple[int, int]]:
     return groups
 
 
-def kernel_weights(q: torch.Tensor, k: torch.Tensor, feature_map: FeatureMap) -> torch.Tensor:
-    """``phi(q) phi(k)^T``: ``(B, h, T, N)`` and ``(B, h, M, N)`` -> ``(B, h, T, M)`` (for the
-    :data:`DOT_PRODUCT_KERNELS`, from the N-wide dot products)."""
-    kernel = DOT_PRODUCT_KERNELS.get(feature_map)
-    if kernel is not None:
-        return kernel(q @ k.transpose(-1, -2))
-    return feature_map(q) @ feature_map(k).transpose(-1, -2)
-
-
 def weighted_read(weights: torch.Tensor, v: torch.Tensor, eps: float, divide: bool) -> torch.Tensor:
     """``weights @ v`` ``(..., T, M) x (..., M, Dv)``, divided by the row sums of ``weights`` (+ eps) if
     ``divide``: the weights are divided first when they are the smaller tensor (M <= Dv, MT sentences),
@@ -74,18 +65,6 @@ def weighted_read(weights: torch.Tensor, v: torch.Tensor, eps: float, divide: bo
     if weights.size(-1) <= v.size(-1):
         return (weights / normaliser) @ v
     return (weights @ v) / normaliser
-
-
-def pooling_matrix(real: torch.Tensor, rate: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Block means as a matrix: ``real`` ``(B, S)`` (True at real tokens, anywhere in the row) ->
-    ``P`` ``(B, 1, M, S)`` with ``P @ x`` the means of ``x`` over blocks of ``rate`` real tokens
-    (0 for empty blocks), and the ``(B, 1, 1, M)`` 1/0 weights of the blocks that hold a token,
-    both in ``dtype``; ``M = ceil(S / rate)``."""
-    rank = real.long().cumsum(dim=1) - 1  # (B, S): each real token's index among its row's real tokens
-    blocks = torch.arange(block_count(real.size(1), rate), device=real.device)
-    members = ((rank // rate)[:, None, :] == blocks[None, :, None]) & real[:, None, :]  # (B, M, S)
-    sizes = members.sum(dim=-1, keepdim=True).to(dtype)
-    return (members.to(dtype) / sizes.clamp(min=1)).unsqueeze(1), (sizes > 0).transpose(1, 2).unsqueeze(1).to(dtype)
 
 
 def bidirectional_dense(
@@ -104,17 +83,18 @@ def bidirectional_dense(
     key_padding_mask ``(B, S)`` (True = pad, any layout) -> ``(B, H, T, Dv)`` in q's dtype.
     """
     acc = accumulation_dtype(q.dtype)
-    real = None if key_padding_mask is None else ~key_padding_mask
+    batch, _, src_len, _ = k.shape
+    real = (torch.ones(batch, src_len, dtype=torch.bool, device=k.device) if key_padding_mask is None
+            else ~key_padding_mask)
+    token_filled = None if key_padding_mask is None else real[:, None, None, :].to(acc)  # rate 1: the real tokens
     groups = rate_groups(head_rates)
     sizes = [heads for _, heads in groups]
     outputs = []
     for (rate, _), qg, kg, vg in zip(groups, q.to(acc).split(sizes, 1), k.to(acc).split(sizes, 1),
                                      v.to(acc).split(sizes, 1)):
-        filled = None if real is None else real[:, None, None, :].to(acc)
+        filled = token_filled
         if rate > 1:
-            if real is None:
-                real = torch.ones(k.size(0), k.size(2), dtype=torch.bool, device=k.device)
-            pool, filled = pooling_matrix(real, rate, acc)
+            pool, filled = pooling_matrix(real, rate, block_count(src_len, rate), acc)
             kg, vg = pool @ kg, pool @ vg
         weights = kernel_weights(qg, kg, feature_map)
         if filled is not None:

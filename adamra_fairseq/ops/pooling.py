@@ -1,6 +1,6 @@
 """Mean pooling of left-aligned sequences into blocks of ``rate`` tokens."""
 
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 
@@ -43,3 +43,25 @@ def block_means(
         x = torch.nn.functional.pad(x, (0, 0, 0, padded_len - seq_len))
     sums = x.reshape(batch, heads, num_blocks, rate, dim).sum(dim=3)
     return sums / sizes.clamp(min=1)[:, None, :, None].to(x.dtype), sizes
+
+
+def pooling_matrix(
+    real: torch.Tensor, block_size: Union[int, torch.Tensor], num_blocks: int, dtype: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Block means as a matrix, for rows with real tokens anywhere (no reordering).
+
+    Args:
+        real: ``(B, S)`` True at real tokens; blocks are counted from each row's first real token.
+        block_size: tokens per block, one for all rows or ``(B,)`` one per row.
+        num_blocks: M, the number of blocks kept.
+    Returns:
+        ``P`` ``(B, 1, M, S)`` with ``P @ x`` the block means of ``x`` (0 for empty blocks) and the
+        ``(B, 1, 1, M)`` 1/0 weights of the blocks that hold a token, both in ``dtype``.
+    """
+    rank = real.long().cumsum(dim=1) - 1  # (B, S): each real token's index among its row's real tokens
+    if isinstance(block_size, torch.Tensor):
+        block_size = block_size[:, None]
+    blocks = torch.arange(num_blocks, device=real.device)
+    members = ((rank // block_size)[:, None, :] == blocks[None, :, None]) & real[:, None, :]  # (B, M, S)
+    sizes = members.sum(dim=-1, keepdim=True).to(dtype)
+    return (members.to(dtype) / sizes.clamp(min=1)).unsqueeze(1), (sizes > 0).transpose(1, 2).unsqueeze(1).to(dtype)

@@ -37,6 +37,7 @@ from typing import Optional, Tuple
 import torch
 
 from .bidirectional import accumulation_dtype
+from .pooling import pooling_matrix
 
 
 def compress_source(
@@ -80,13 +81,8 @@ def source_blocks(
     size = torch.clamp(-(-lengths // max_blocks), min=rate)  # (B,) tokens per block of each row
     if rate == 1 and num_blocks == seq_len and bool((size == 1).all()):  # one block per token: no pooling
         return k.to(acc), v.to(acc), real[:, None, None, :].to(acc)
-    rank = real.long().cumsum(dim=1) - 1  # each real token's index among its row's real tokens
-    block_of = rank // size[:, None]  # (B, S)
-    members = (block_of[:, None, :] == torch.arange(num_blocks, device=k.device)[None, :, None]) & real[:, None, :]
-    counts = members.sum(dim=-1)  # (B, L)
-    weights = (members.to(acc) / counts.clamp(min=1)[..., None].to(acc)).unsqueeze(1)  # (B, 1, L, S)
-    filled = (counts > 0)[:, None, None, :].to(acc)
-    return weights @ k.to(acc), weights @ v.to(acc), filled
+    pool, filled = pooling_matrix(real, size, num_blocks, acc)  # (B, 1, L, S), (B, 1, 1, L)
+    return pool @ k.to(acc), pool @ v.to(acc), filled
 
 
 def read_memory(
