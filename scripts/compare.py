@@ -187,11 +187,19 @@ def previous_training_hours(checkpoint):
     return (state.get("extra_state") or {}).get("previous_training_time", 0.0) / 3600
 
 
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
+
+
 def parse_training_log(path):
-    """Validation loss by update, mean training words/s of the logged intervals, final update count."""
-    curve, wps, updates = [], [], 0
+    """Validation loss by update and by minutes since the log's first timestamped line, mean training
+    words/s of the logged intervals, final update count."""
+    curve, by_minutes, wps, updates, first = [], [], [], 0, None
     with open(path, errors="replace") as handle:
         for line in handle:
+            stamp = _TIMESTAMP.match(line)
+            if stamp:
+                now = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
+                first = first or now
             for step in re.findall(r"num_updates[= ](\d+)", line):  # train_inner, epoch and valid lines
                 updates = max(updates, int(step))
             if "| valid on 'valid' subset" in line:
@@ -199,11 +207,14 @@ def parse_training_log(path):
                 step = re.search(r"\| num_updates (\d+)", line)
                 if loss and step:
                     curve.append((int(step.group(1)), float(loss.group(1))))
+                    if stamp:
+                        by_minutes.append((round((now - first).total_seconds() / 60, 2), float(loss.group(1))))
             elif "train_inner" in line:
                 speed = re.search(r"wps=" + _FLOAT, line)
                 if speed:
                     wps.append(float(speed.group(1)))
-    return {"valid_loss": curve, "train_wps": statistics.mean(wps) if wps else None, "updates": updates}
+    return {"valid_loss": curve, "valid_loss_minutes": by_minutes,
+            "train_wps": statistics.mean(wps) if wps else None, "updates": updates}
 
 
 def generation_speed(path):
@@ -484,15 +495,17 @@ def plot(out, runs, test_sets):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for model, by_seed in runs.items():
-        for seed, record in by_seed.items():
-            if record["valid_loss"]:
-                steps, losses = zip(*record["valid_loss"])
-                axis.plot(steps, losses, marker="o", label=f"{model} seed {seed}")
-    axis.set(xlabel="updates", ylabel="validation loss (label-smoothed, base 2)", title="validation loss")
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    # validation loss against updates and against minutes of the log (what an equal wall-clock budget compares)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, key, label in zip(axes, ("valid_loss", "valid_loss_minutes"), ("updates", "minutes since the log began")):
+        for model, by_seed in runs.items():
+            for seed, record in by_seed.items():
+                if record.get(key):
+                    steps, losses = zip(*record[key])
+                    axis.plot(steps, losses, marker="o", label=f"{model} seed {seed}")
+        axis.set(xlabel=label, ylabel="validation loss (label-smoothed, base 2)", title="validation loss")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(os.path.join(out, "loss_curves.png"), dpi=110)
 

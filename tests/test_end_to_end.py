@@ -142,6 +142,8 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
         record = summary["runs"][model]["1"]
         assert record["updates"] == 3
         assert sorted({step for step, _ in record["valid_loss"]}) == [1, 2, 3]
+        # the same validations on the wall-clock axis of the loss plot
+        assert [loss for _, loss in record["valid_loss_minutes"]] == [loss for _, loss in record["valid_loss"]]
         scores = record["tests"]["test-toy"]
         assert scores["sentences"] == 19 and "nrefs:1" in scores["bleu_signature"]
         assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()

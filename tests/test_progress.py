@@ -96,3 +96,18 @@ def test_reporter_rewrites_one_line_on_a_terminal_and_rate_limits_plain_output()
     reporter.show("update 3")
     reporter.close()
     assert plain.getvalue() == "      train: update 1\n      train: update 3\n"
+
+
+def test_training_log_gives_validation_loss_by_update_and_by_minute(tmp_path):
+    """compare.py's log parser: each validation at its update and at the minutes since the log began."""
+    from compare import parse_training_log
+
+    log = tmp_path / "train.log"
+    log.write_text("2026-11-30 20:10:14 | INFO | fairseq_cli.train | model transformer\n"
+                   + TRAIN_INNER.format(update=100)
+                   + VALID.format(update=200)  # 21 minutes after the first line
+                   + VALID.replace("20:31:14", "20:40:44").replace("7.774", "7.5").format(update=300))
+    parsed = parse_training_log(str(log))
+    assert parsed["valid_loss"] == [(200, 7.774), (300, 7.5)]
+    assert parsed["valid_loss_minutes"] == [(21.0, 7.774), (30.5, 7.5)]
+    assert parsed["updates"] == 300 and parsed["train_wps"] == 1281.7

@@ -103,12 +103,13 @@ def bidirectional_dense(
     return torch.cat(outputs, dim=1).to(q.dtype)
 
 
-# The fixed matrices of the causal form, per (length, rates, dtype, device): four (H, T, T) tensors, e.g.
-# 8 MB for 8 heads at 256 tokens in fp32; a training run meets at most a few hundred lengths.
+# The fixed matrices of the causal form, per (length, rates, dtype, device): five (H, T, T) tensors, e.g.
+# 10 MB for 8 heads at 256 tokens in fp32; a training run meets at most a few hundred lengths.
 @lru_cache(maxsize=16)
 def _causal_matrices(length: int, rates: Tuple[int, ...], dtype: torch.dtype, device: torch.device):
     """Running-mean matrix, the diagonal (own block), the last positions of the complete blocks before each
-    query's block (1/0) and how many blocks back those lie: each ``(H, T, T)`` in ``dtype``."""
+    query's block (1/0), how many blocks back those lie, and the mask without decay (diagonal + those
+    positions): each ``(H, T, T)`` in ``dtype``."""
     head_rates = torch.tensor(rates, device=device)[:, None, None]
     query = torch.arange(length, device=device)[None, :, None]
     key = torch.arange(length, device=device)[None, None, :]
@@ -117,7 +118,7 @@ def _causal_matrices(length: int, rates: Tuple[int, ...], dtype: torch.dtype, de
     blocks_back = query // head_rates - key // head_rates
     earlier = ((key + 1) % head_rates == 0) & (blocks_back > 0)
     own = (query == key).expand(len(rates), -1, -1)
-    return tuple(part.to(dtype) for part in (running, own, earlier, blocks_back.clamp(min=0)))
+    return tuple(part.to(dtype) for part in (running, own, earlier, blocks_back.clamp(min=0), own | earlier))
 
 
 def causal_matrices(length: int, head_rates: Sequence[int], dtype: torch.dtype, device: torch.device,
@@ -125,12 +126,12 @@ def causal_matrices(length: int, head_rates: Sequence[int], dtype: torch.dtype, 
     """The ``(H, T, T)`` running-mean matrix (its product with ``x`` ``(B, H, T, D)`` gives, for each head of
     rate r, the mean of x over positions ``(t // r) * r .. t``) and the weight mask of the causal form
     (see the module docstring), with the decay ``g^(b - j)`` if ``block_decay`` ``(H,)`` is given."""
-    running, own, earlier, blocks_back = _causal_matrices(
+    running, own, earlier, blocks_back, undecayed = _causal_matrices(
         length, tuple(int(rate) for rate in head_rates), dtype, device
     )
-    if block_decay is not None:
-        earlier = earlier * block_decay.to(dtype)[:, None, None] ** blocks_back
-    return running, own + earlier
+    if block_decay is None:
+        return running, undecayed
+    return running, own + earlier * block_decay.to(dtype)[:, None, None] ** blocks_back
 
 
 def causal_dense(
