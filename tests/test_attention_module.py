@@ -271,6 +271,20 @@ def test_taylor2_with_a_width_projects_first_and_keeps_dot_products_on_average()
     assert torch.allclose(gram, torch.eye(16).expand_as(gram), atol=0.1)
 
 
+def test_feature_init_scale_multiplies_the_projection_at_the_start():
+    head_dim = EMBED // HEADS
+    for scale in (1.0, 2.5):
+        module = MultiResolutionAttention(EMBED, HEADS, options(feature_map="hedgehog", feature_init_scale=scale),
+                                          self_attention=True)
+        assert torch.equal(module.query_key.weight, scale * torch.eye(head_dim).expand(HEADS, -1, -1))
+    torch.manual_seed(0)
+    t2r = QueryKeyTransform(2, 16, feature_map="t2r", feature_dim=8192, init_scale=3.0).weight
+    assert abs(t2r.std().item() - 3.0 / 4) < 0.01  # x W keeps the scale of x, times 3
+    narrowed = QueryKeyTransform(2, 16, feature_map="taylor2", feature_dim=8192, init_scale=3.0).weight
+    gram = narrowed @ narrowed.transpose(1, 2)
+    assert torch.allclose(gram, 9 * torch.eye(16).expand_as(gram), atol=0.9)
+
+
 def test_learned_decay_matches_reference_and_incremental_equals_parallel():
     module = make_module(rates=(1, 2, 4, 8), chunk=8, causal_decay=True, feature_map="hedgehog")
     rates = torch.tensor(module.options.head_rates(HEADS), dtype=torch.float64)

@@ -50,6 +50,9 @@ BAD_INPUTS = [
     (dict(adamra_balance_loss=-1.0, adamra_routing="top1"), "--adamra-balance-loss -1.0 is invalid"),
     (dict(adamra_balance_loss=0.1), "--adamra-balance-loss only applies to --adamra-routing top1"),
     (dict(adamra_eps=0.0), "--adamra-eps 0.0 is invalid"),
+    (dict(adamra_feature_init_scale=0.0), "--adamra-feature-init-scale 0.0 is invalid: use a positive number"),
+    (dict(adamra_feature_init_scale=-2.0), "--adamra-feature-init-scale -2.0 is invalid"),
+    (dict(adamra_feature_init_scale=float("nan")), "--adamra-feature-init-scale nan is invalid"),
 ]
 
 
@@ -66,6 +69,8 @@ def test_defaults_are_valid():
     assert options.rates == (1, 2, 4, 8)
     assert options.head_rates(8) == (1, 1, 2, 2, 4, 4, 8, 8)
     assert options.places == ("encoder", "decoder", "cross")
+    assert options.feature_init_scale == 1.0
+    assert parse_adamra_options(namespace(adamra_feature_init_scale=2.5)).feature_init_scale == 2.5
 
 
 def test_cross_flags_override_only_cross_attention():

@@ -124,6 +124,7 @@ class MultiResolutionAttention(nn.Module):
         self.query_key = QueryKeyTransform(
             num_heads, self.head_dim, options.qk_norm,
             "elu" if self.softmax_read else options.feature_map, 0 if self.softmax_read else options.feature_dim,
+            options.feature_init_scale,
         )
         if options.memory:
             self.memory_queries = nn.Parameter(torch.randn(num_heads, options.memory, self.query_key.output_dim))

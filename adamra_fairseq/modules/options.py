@@ -62,6 +62,7 @@ DEFAULTS = {
     "adamra_cross_memory": 0,
     "adamra_chunk_size": 64,
     "adamra_eps": 1e-6,
+    "adamra_feature_init_scale": 1.0,
 }
 
 
@@ -136,6 +137,10 @@ def add_adamra_args(parser) -> None:
                             f"(default {DEFAULTS['adamra_chunk_size']})")
     group.add_argument("--adamra-eps", type=float, metavar="EPS",
                        help=f"added to the kernel normaliser (default {DEFAULTS['adamra_eps']})")
+    group.add_argument("--adamra-feature-init-scale", type=float, metavar="S",
+                       help="initial scale of the learned feature maps' projection W (hedgehog: W = S I; t2r and "
+                            "a narrowed taylor2: random W times S): S > 1 makes the kernel less flat at the start "
+                            f"of training (default {DEFAULTS['adamra_feature_init_scale']})")
 
 
 def _describe_default(name: str, unset_means: str = "") -> str:
@@ -200,6 +205,7 @@ class AdaMRAOptions:
     decay: str = "none"
     memory: int = 0
     blocks: int = 0
+    feature_init_scale: float = 1.0
     cross: Mapping[str, object] = field(default_factory=dict)
 
     def head_rates(self, num_heads: int) -> Tuple[int, ...]:
@@ -321,6 +327,11 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     eps = float(args.adamra_eps)
     if not math.isfinite(eps) or eps <= 0:
         raise AdaMRAOptionError(f"--adamra-eps {eps} is invalid: use a small positive number such as 1e-6")
+    init_scale = float(args.adamra_feature_init_scale)
+    if not math.isfinite(init_scale) or init_scale <= 0:
+        raise AdaMRAOptionError(
+            f"--adamra-feature-init-scale {init_scale} is invalid: use a positive number (1 keeps the usual start)"
+        )
     if "encoder" in places:
         _check_heads(rates, _heads(args, "encoder"), "--encoder-attention-heads")
     if "decoder" in places:
@@ -350,7 +361,8 @@ def parse_adamra_options(args) -> AdaMRAOptions:
         )
     return AdaMRAOptions(rates=rates, routing=routing, balance_loss=balance, feature_map=own["feature_map"],
                          places=places, chunk_size=chunk, eps=eps, feature_dim=own["feature_dim"],
-                         qk_norm=own["qk_norm"], normaliser=own["normaliser"], decay=decay, cross=cross_overrides)
+                         qk_norm=own["qk_norm"], normaliser=own["normaliser"], decay=decay,
+                         feature_init_scale=init_scale, cross=cross_overrides)
 
 
 def check_balance_criterion(args) -> None:

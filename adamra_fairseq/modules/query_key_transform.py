@@ -45,10 +45,11 @@ class QueryKeyTransform(nn.Module):
             ``taylor2`` with a ``feature_dim``.
         feature_dim: N for learned maps (0: N = D) and ``taylor2`` (0: no projection); must be 0
             for the others.
+        init_scale: the projection starts as S times its usual start (identity or random).
     """
 
     def __init__(self, num_heads: int, head_dim: int, qk_norm: str = "none", feature_map: str = "elu",
-                 feature_dim: int = 0):
+                 feature_dim: int = 0, init_scale: float = 1.0):
         super().__init__()
         if qk_norm not in QK_NORMS:
             raise ValueError(f"unknown qk_norm {qk_norm!r}: choose one of {', '.join(QK_NORMS)}")
@@ -67,16 +68,16 @@ class QueryKeyTransform(nn.Module):
             self.weight = nn.Parameter(torch.empty(num_heads, head_dim, self.output_dim))
             if projection["bias"]:
                 self.bias = nn.Parameter(torch.zeros(num_heads, self.output_dim))
-            self._init_projection(str(projection["init"]))
+            self._init_projection(str(projection["init"]), init_scale)
 
-    def _init_projection(self, init: str) -> None:
+    def _init_projection(self, init: str, scale: float) -> None:
         with torch.no_grad():
             if init == "identity" and self.output_dim == self.head_dim:
-                self.weight.copy_(torch.eye(self.head_dim).expand_as(self.weight))
-            elif init == "isometry":  # E[W W^T] = I: (q W).(k W) equals q.k on average
-                self.weight.normal_(std=self.output_dim ** -0.5)
-            else:  # x W keeps the scale of x
-                self.weight.normal_(std=self.head_dim ** -0.5)
+                self.weight.copy_(scale * torch.eye(self.head_dim).expand_as(self.weight))
+            elif init == "isometry":  # E[W W^T] = S^2 I: (q W).(k W) equals S^2 q.k on average
+                self.weight.normal_(std=scale * self.output_dim ** -0.5)
+            else:  # x W keeps the scale of x, times S
+                self.weight.normal_(std=scale * self.head_dim ** -0.5)
 
     def queries(self, q: Tensor) -> Tensor:
         """``(B, H, T, D)`` -> ``(B, H, T, N)``."""
