@@ -244,8 +244,9 @@ def fmt(mean, spread, digits=2):
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="Every --adamra-* flag of the model (fairseq-train --user-dir adamra_fairseq --arch "
-               "adamra_transformer_tiny --help lists them) is passed on to the AdaMRA training.")
+        epilog="Every --adamra-* flag of the model is passed on to the AdaMRA training (the README's table "
+               "of AdaMRA flags and scripts/bench_long.py --help list them; fairseq-train --help shows no "
+               "model flags).")
     parser.add_argument("--data-bin", default=os.path.join(REPO_ROOT, "data", "debian-de-en", "data-bin"))
     parser.add_argument("--seeds", default="1", help="comma list of seeds, e.g. 1,2,3")
     budget = parser.add_mutually_exclusive_group()
