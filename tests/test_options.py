@@ -217,3 +217,12 @@ def test_cross_memory_and_blocks_exclude_each_other():
     assert parse_adamra_options(namespace(adamra_cross_blocks=64)).for_cross_attention().blocks == 64
     with pytest.raises(AdaMRAOptionError, match="exclude each other"):
         parse_adamra_options(namespace(adamra_cross_blocks=64, adamra_cross_memory=8))
+
+
+def test_softmax_cross_attention_works_with_the_default_preset():
+    """The default preset's --adamra-cross-blocks 64 is unused, not an error, without AdaMRA cross-attention;
+    a size asked for explicitly that cannot apply still is one."""
+    options = parse_adamra_options(namespace(adamra_attention="encoder,decoder"))
+    assert options.places == ("encoder", "decoder") and "blocks" not in options.cross
+    with pytest.raises(AdaMRAOptionError, match="--adamra-cross-blocks 32 needs AdaMRA cross-attention"):
+        parse_adamra_options(namespace(adamra_attention="encoder,decoder", adamra_cross_blocks=32))

@@ -340,14 +340,17 @@ def parse_adamra_options(args) -> AdaMRAOptions:
         rates_flag = "--adamra-cross-rates" if getattr(args, "adamra_cross_rates", None) else "--adamra-rates"
         _check_heads(cross["rates"], _heads(args, "decoder"), "--decoder-attention-heads", rates_flag)
     cross_overrides = {name: value for name, value in cross.items() if value != own[name]}
+    preset_defaults = {**DEFAULTS, **PRESETS[args.adamra_preset]}
     for name, what in (("memory", "memory rows"), ("blocks", "blocks")):
         flag, size = _flag("adamra_cross_" + name), getattr(args, "adamra_cross_" + name)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise AdaMRAOptionError(f"{flag} {size} is invalid: use 0 (kernel cross-attention) or a number of {what}")
-        if size and "cross" not in places:
-            raise AdaMRAOptionError(
-                f"{flag} {size} needs AdaMRA cross-attention: add cross to --adamra-attention or set it to 0"
-            )
+        if "cross" not in places:  # fairseq's softmax cross-attention: the preset's value is simply unused
+            if size and size != preset_defaults["adamra_cross_" + name]:
+                raise AdaMRAOptionError(
+                    f"{flag} {size} needs AdaMRA cross-attention: add cross to --adamra-attention or set it to 0"
+                )
+            continue
         if size:
             cross_overrides[name] = size
     if "memory" in cross_overrides and "blocks" in cross_overrides:
