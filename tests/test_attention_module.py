@@ -9,6 +9,7 @@ from adamra_fairseq.modules import MultiResolutionAttention
 from adamra_fairseq.modules.options import AdaMRAOptions
 from adamra_fairseq.modules.query_key_transform import QueryKeyTransform
 from adamra_fairseq.ops import dense
+from adamra_fairseq.ops.feature_maps import FEATURE_MAPS
 from adamra_fairseq.ops.naive import naive_adamra_attention
 
 EMBED, HEADS = 32, 8
@@ -283,6 +284,19 @@ def test_feature_init_scale_multiplies_the_projection_at_the_start():
     narrowed = QueryKeyTransform(2, 16, feature_map="taylor2", feature_dim=8192, init_scale=3.0).weight
     gram = narrowed @ narrowed.transpose(1, 2)
     assert torch.allclose(gram, 9 * torch.eye(16).expand_as(gram), atol=0.9)
+
+
+def test_feature_init_scale_makes_the_initial_hedgehog_kernel_less_flat():
+    """Relative spread of one query's kernel weights over random keys at D = 64, entries of spread 0.7 (as
+    at the start of training): nearly flat with W = I, several times less flat with W = 2 I."""
+    torch.manual_seed(0)
+    q, k = 0.7 * torch.randn(500, 64), 0.7 * torch.randn(200, 64)
+
+    def spread(scale):
+        weights = FEATURE_MAPS["hedgehog"](scale * q) @ FEATURE_MAPS["hedgehog"](scale * k).T
+        return (weights.std(dim=1) / weights.mean(dim=1)).mean().item()
+
+    assert spread(1.0) < 0.1 and spread(2.0) > 3 * spread(1.0)
 
 
 def test_learned_decay_matches_reference_and_incremental_equals_parallel():
