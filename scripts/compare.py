@@ -50,6 +50,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from progress import GenerationWatcher, Reporter, TrainingWatcher  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Peak learning rate by model size, where --lr is not given.
+DEFAULT_LR = {"tiny": "2e-3", "small": "1e-3", "iwslt": "5e-4"}
 ARCHS = {
     "tiny": {"transformer": "transformer_adamra_tiny_baseline", "adamra": "adamra_transformer_tiny"},
     "small": {"transformer": "transformer_adamra_small_baseline", "adamra": "adamra_transformer_small"},
@@ -264,9 +266,11 @@ def main():
                              "compare.py folder DIR, e.g. sentence-level models continued on documents; repeatable")
     parser.add_argument("--heads", type=int,
                         help="attention heads in encoder and decoder of both models (default: the architecture's)")
-    parser.add_argument("--lr", default="2e-3",
-                        help="peak learning rate of both models (default 2e-3, which beat 1e-3 for both tiny "
-                             "models at 1000 updates: docs/results.md)")
+    parser.add_argument("--lr", default=None,
+                        help="peak learning rate of both models (default by --size: " + ", ".join(
+                            f"{size} {rate}" for size, rate in DEFAULT_LR.items()) + "; docs/results.md: 2e-3 beat "
+                             "1e-3 for both tiny models at 1000 updates, and 1e-3 beat 2e-3 for both small ones; "
+                             "iwslt: fairseq's IWSLT'14 recipe)")
     parser.add_argument("--warmup-updates", default="200")
     parser.add_argument("--dropout", default="0.1")
     parser.add_argument("--max-tokens", type=int,
@@ -279,6 +283,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="results folder (default results/compare-<time>)")
     args, model_flags = parser.parse_known_args()
+    args.lr = args.lr or DEFAULT_LR[args.size]
     stray = [flag for flag in model_flags if flag.startswith("-") and not flag.startswith("--adamra-")]
     if stray or (model_flags and not model_flags[0].startswith("--adamra-")):
         fail(f"unrecognised arguments: {' '.join(stray or model_flags[:1])} (only --adamra-* flags are passed on to "

@@ -149,6 +149,7 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
         assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()
         train_log = (out / model / "seed1" / "train.log").read_text()
         assert "encoder_attention_heads=2" in train_log and "decoder_attention_heads=2" in train_log
+        assert "lr=[0.002]" in train_log  # the tiny size's default peak learning rate
     assert (out / "loss_curves.png").stat().st_size > 0 and (out / "bleu_per_seed.png").stat().st_size > 0
 
     table = run([sys.executable, "scripts/ablation_table.py", f"toy={out}", "--at", "2",
