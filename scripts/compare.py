@@ -199,9 +199,8 @@ def parse_training_log(path):
     with open(path, errors="replace") as handle:
         for line in handle:
             stamp = _TIMESTAMP.match(line)
-            if stamp:
-                now = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
-                first = first or now
+            if stamp and first is None:
+                first = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
             for step in re.findall(r"num_updates[= ](\d+)", line):  # train_inner, epoch and valid lines
                 updates = max(updates, int(step))
             if "| valid on 'valid' subset" in line:
@@ -210,7 +209,8 @@ def parse_training_log(path):
                 if loss and step:
                     curve.append((int(step.group(1)), float(loss.group(1))))
                     if stamp:
-                        by_minutes.append((round((now - first).total_seconds() / 60, 2), float(loss.group(1))))
+                        elapsed = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S") - first
+                        by_minutes.append((round(elapsed.total_seconds() / 60, 2), float(loss.group(1))))
             elif "train_inner" in line:
                 speed = re.search(r"wps=" + _FLOAT, line)
                 if speed:

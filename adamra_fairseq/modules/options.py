@@ -154,6 +154,11 @@ def _describe_default(name: str, unset_means: str = "") -> str:
     return ", ".join(f"{text} with preset {preset}" for preset, text in zip(values, texts))
 
 
+def defaults_of(preset: str) -> Dict[str, object]:
+    """Every option's default under ``preset``."""
+    return {**DEFAULTS, **PRESETS[preset]}
+
+
 def preset_of(args) -> str:
     """The ``--adamra-preset`` of ``args``; AdaMRA options without a preset come from a checkpoint
     written before presets existed, whose defaults were the ``original`` ones."""
@@ -175,7 +180,7 @@ def fill_adamra_defaults(args) -> None:
     if preset not in PRESETS:
         raise AdaMRAOptionError(f"--adamra-preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}")
     args.adamra_preset = preset
-    for name, value in {**DEFAULTS, **PRESETS[preset]}.items():
+    for name, value in defaults_of(preset).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     for name in PER_PLACE:
@@ -340,7 +345,7 @@ def parse_adamra_options(args) -> AdaMRAOptions:
         rates_flag = "--adamra-cross-rates" if getattr(args, "adamra_cross_rates", None) else "--adamra-rates"
         _check_heads(cross["rates"], _heads(args, "decoder"), "--decoder-attention-heads", rates_flag)
     cross_overrides = {name: value for name, value in cross.items() if value != own[name]}
-    preset_defaults = {**DEFAULTS, **PRESETS[args.adamra_preset]}
+    preset_defaults = defaults_of(args.adamra_preset)
     for name, what in (("memory", "memory rows"), ("blocks", "blocks")):
         flag, size = _flag("adamra_cross_" + name), getattr(args, "adamra_cross_" + name)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
