@@ -254,12 +254,32 @@ def test_folded_query_key_projection_equals_projection_then_transform(settings):
     transform = module.query_key
     for linear, is_query in ((module.q_proj, True), (module.k_proj, False)):
         folded = transform.fused_linear(linear, is_query)
-        if settings[0] == "l2" or transform.weight is None:  # nothing linear to fold
+        if settings[0] == "l2":  # not linear: nothing to fold
             assert folded is None
             continue
         heads = module._heads(linear(x))
         separate = transform.queries(heads) if is_query else transform.keys(heads)
         assert torch.allclose(module._heads(torch.nn.functional.linear(x, *folded)), separate, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", VARIANTS)
+def test_stacked_self_projection_equals_three_projections_and_its_cache_follows_the_parameters(settings):
+    """One tensor as query, key and value takes one product by the stacked q/k/v map (kept between calls
+    without gradients): the same output as separate tensors, which take one product each."""
+    module = make_module(**variant(*settings))
+    x = torch.randn(300, 1, EMBED, dtype=torch.float64)  # more tokens than features: folding pays with gradients
+    separate = module(x, x.clone(), x.clone())[0]
+    assert torch.allclose(module(x, x, x)[0], separate, atol=1e-12)
+    short = x[:3]  # fewer tokens than features: folded only without gradients
+    with torch.no_grad():
+        before = module(short, short.clone(), short.clone())[0]
+        assert torch.allclose(module(short, short, short)[0], before, atol=1e-12)
+        if settings[0] != "l2":
+            assert module._folded_cache is not None
+        module.k_proj.weight.add_(torch.randn_like(module.k_proj.weight))  # in place, as an optimizer step
+        changed = module(short, short, short)[0]
+        assert torch.allclose(changed, module(short, short.clone(), short.clone())[0], atol=1e-12)
+    assert not torch.allclose(changed, before, atol=1e-6)
 
 
 def test_taylor2_with_a_width_projects_first_and_keeps_dot_products_on_average():
@@ -378,17 +398,26 @@ def test_self_attention_incremental_matches_parallel_with_reorder(feature_map):
     assert torch.allclose(step[:, 1], parallel[9:10, 3], atol=1e-10)
 
 
-def test_recurrent_state_size_is_constant():
+def test_recurrent_state_size_is_bounded_and_constant_once_it_is_a_summary():
+    """The decoding state grows by one pooled block per r tokens while that is smaller than the per-head
+    [S | z], then switches to [S | z] and stays at that size for the rest of the output."""
     module = make_module(rates=(1, 2))
     state = {}
-    sizes = {}
+    sizes = []
     x = torch.randn(1000, 1, EMBED, dtype=torch.float64)
     for t in range(1000):
         module(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state)
-        if t + 1 in (1, 10, 1000):
-            buffer = module._get_input_buffer(state)
-            sizes[t + 1] = sum(tensor.numel() for tensor in buffer.values())
-    assert sizes[1] == sizes[10] == sizes[1000]
+        sizes.append(sum(tensor.numel() for tensor in module._get_input_buffer(state).values()))
+    heads, head_dim = module.num_heads, module.head_dim
+    summary_size = heads * (module.feature_dim * (head_dim + 1) + 1 + head_dim + head_dim + 1)
+    assert max(sizes) <= summary_size + heads * (module.feature_dim + head_dim + 1)
+    switch = sizes.index(summary_size)
+    assert sizes[:switch] == sorted(sizes[:switch]) and sizes[0] < summary_size
+    assert set(sizes[switch:]) == {summary_size}
+    # elu + 1 of width 4: [S | z] is 4 x 5 = 20 numbers per head, a block 4 + 5 = 9: the switch comes once
+    # the heads (half at rate 1, half at rate 2) hold 20 / 9 blocks on average: (3 + 1) / 2 after 3 tokens,
+    # (4 + 2) / 2 after 4
+    assert switch == 3
 
 
 def test_top1_balance_loss_is_the_switch_formula_and_has_gradients():

@@ -88,9 +88,11 @@ def test_incremental_states_are_fp32_under_low_precision():
     layer = module().to(torch.bfloat16)
     state = {}
     x = torch.randn(1, 2, EMBED, dtype=torch.bfloat16)
-    layer(x, x, x, incremental_state=state)
+    for _ in range(3):  # a few steps, so that complete blocks are stored
+        layer(x, x, x, incremental_state=state)
     buffer = layer._get_input_buffer(state)
-    assert all(tensor.dtype == torch.float32 for tensor in buffer.values())
+    assert buffer["position"].dtype == torch.long and any(name.startswith("features") for name in buffer)
+    assert all(tensor.dtype == torch.float32 for name, tensor in buffer.items() if name != "position")
     cross = module(cross=True).to(torch.bfloat16)
     cross_state = {}
     source = torch.randn(9, 2, EMBED, dtype=torch.bfloat16)

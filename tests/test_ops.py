@@ -106,10 +106,11 @@ def test_causal_matches_naive(rate, chunk_factor, length):
 
 
 def recurrent_attention(q, k, v, head_rates, feature_map=elu_plus_one, divide=True, feature_dim=None,
-                        block_decay=None, in_place=False):
-    """Every position through :func:`causal_step`, one at a time: ``(B, H, T, Dv)``."""
+                        block_decay=None, in_place=False, form="blocks"):
+    """Every position through :func:`causal_step`, one at a time, from an empty state of ``form``:
+    ``(B, H, T, Dv)``."""
     batch, heads, length, dim = q.shape
-    state = initial_state(batch, heads, dim, v.size(-1), q.dtype, q.device, feature_dim)
+    state = initial_state(batch, heads, dim, v.size(-1), q.dtype, q.device, feature_dim, form)
     outputs = []
     for t in range(length):
         out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor(head_rates),
@@ -125,8 +126,9 @@ def test_causal_and_recurrent_match_naive_for_other_feature_maps(name):
     expected = naive_adamra_attention(q, k, v, [3, 3], causal=True, feature_map=feature_map)
     for chunk_size in (6, 12):  # two chunks (a carried state), one chunk (no state)
         assert torch.allclose(causal_attention(q, k, v, 3, chunk_size, feature_map), expected, atol=TOL)
-    recurrent = recurrent_attention(q, k, v, [3, 3], feature_map, feature_dim=feature_width(name, 5))
-    assert torch.allclose(recurrent, expected, atol=TOL)
+    for form in ("blocks", "summary"):
+        recurrent = recurrent_attention(q, k, v, [3, 3], feature_map, feature_dim=feature_width(name, 5), form=form)
+        assert torch.allclose(recurrent, expected, atol=TOL)
 
 
 @pytest.mark.parametrize("name", ["elu", "taylor2", "hedgehog"])
@@ -217,7 +219,8 @@ def test_recurrent_steps_match_naive_for_mixed_rates():
     q, k, v = random_qkv(heads=4, length=17, seed=3)
     rates = [1, 2, 3, 5]
     expected = naive_adamra_attention(q, k, v, rates, causal=True)
-    assert torch.allclose(recurrent_attention(q, k, v, rates), expected, atol=TOL)
+    for form in ("blocks", "summary"):
+        assert torch.allclose(recurrent_attention(q, k, v, rates, form=form), expected, atol=TOL)
 
 
 @pytest.mark.parametrize("decay", [None, [0.9, 0.5, 0.8, 0.3]])
@@ -227,15 +230,58 @@ def test_in_place_steps_fold_only_completing_heads_and_match_naive(decay):
     rates = [1, 2, 4, 4]
     block_decay = None if decay is None else torch.tensor(decay, dtype=torch.float64)
     actual = recurrent_attention(q, k, v, rates, FEATURE_MAPS["hedgehog"], feature_dim=10, block_decay=block_decay,
-                                 in_place=True)
+                                 in_place=True, form="summary")
     expected = naive_adamra_attention(q, k, v, rates, causal=True, feature_map=FEATURE_MAPS["hedgehog"],
                                       block_decay=decay)
     assert torch.allclose(actual, expected, atol=TOL)
     # without in_place a step leaves the state it was given as it was
-    state = initial_state(3, 4, 5, 5, q.dtype, q.device)
-    before = {name: tensor.clone() for name, tensor in state.items()}
-    causal_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, torch.tensor(rates))
-    assert all(torch.equal(state[name], before[name]) for name in state)
+    for form in ("blocks", "summary"):
+        state = initial_state(3, 4, 5, 5, q.dtype, q.device, form=form)
+        before = {name: tensor.clone() for name, tensor in state.items()}
+        causal_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, torch.tensor(rates))
+        assert state.keys() == before.keys() and all(torch.equal(state[name], before[name]) for name in state)
+
+
+@pytest.mark.parametrize("decay", [None, [0.9, 0.5, 0.8, 0.3]])
+def test_blocks_state_switches_once_to_the_summary_and_matches_naive_on_both_sides(decay):
+    """The blocks form stores one block per r tokens until reading them costs as much as reading [S | z]
+    would, then becomes the summary form: the outputs equal the naive reference before, at and after the
+    switch, and the state never holds more numbers than the summary form's (plus one block per head)."""
+    rates = [1, 2, 4, 4]
+    batch, heads, dim, length = 2, 4, 3, 40
+    q, k, v = random_qkv(batch=batch, heads=heads, length=length, dim=dim, seed=31)
+    block_decay = None if decay is None else torch.tensor(decay, dtype=torch.float64)
+    expected = naive_adamra_attention(q, k, v, rates, causal=True, block_decay=decay)
+    summary_numbers = sum(x.numel() for x in initial_state(batch, heads, dim, dim, q.dtype, q.device,
+                                                             form="summary").values())
+    state = initial_state(batch, heads, dim, dim, q.dtype, q.device)
+    forms, outputs = [], []
+    for t in range(length):
+        previous = state
+        out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, rates, block_decay=block_decay)
+        outputs.append(out)
+        forms.append("summary" if "summary" in state else "blocks")
+        if forms[-1] == "blocks":
+            assert sum(x.numel() for x in state.values()) <= summary_numbers + batch * heads * (2 * dim + 1)
+        elif forms[-2:] == ["blocks", "summary"]:  # the switch: same numbers as stepping in the summary form
+            stepped = recurrent_state(q, k, v, rates, t + 1, block_decay)
+            assert torch.allclose(state["scale"][..., None] * state["summary"],
+                                  stepped["scale"][..., None] * stepped["summary"], atol=TOL)
+    assert torch.allclose(torch.stack(outputs, dim=2), expected, atol=TOL)
+    # elu + 1 of width 3: a head's [S | z] is 3 x 4 = 12 numbers, a block 3 + 4 = 7: the switch comes once the
+    # heads hold 12 / 7 blocks on average: after 3 tokens they hold (3 + 1 + 0 + 0) / 4, after 4 (4 + 2 + 1 + 1) / 4
+    assert forms.index("summary") == 3 and set(forms[3:]) == {"summary"}
+    with pytest.raises(ValueError, match="state form"):
+        initial_state(batch, heads, dim, dim, q.dtype, q.device, form="dense")
+
+
+def recurrent_state(q, k, v, rates, steps, block_decay):
+    """The summary-form state after ``steps`` positions."""
+    batch, heads, _, dim = q.shape
+    state = initial_state(batch, heads, dim, dim, q.dtype, q.device, form="summary")
+    for t in range(steps):
+        _, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, rates, block_decay=block_decay)
+    return state
 
 
 def linear_attention(q, k, v, causal, eps=1e-6):
@@ -308,7 +354,7 @@ def test_recurrent_decay_scale_is_folded_in_before_it_underflows():
     decay = torch.tensor([1e-3, 0.5], dtype=torch.float64)
     expected = naive_adamra_attention(q, k, v, [1, 2], causal=True, block_decay=decay.tolist())
     batch, heads, length, dim = q.shape
-    state = initial_state(batch, heads, dim, dim, q.dtype, q.device)
+    state = initial_state(batch, heads, dim, dim, q.dtype, q.device, form="summary")
     steps, smallest = [], 1.0
     for t in range(length):
         out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, torch.tensor([1, 2]), block_decay=decay)

@@ -145,6 +145,7 @@ class MultiResolutionAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.gate = ResolutionGate(embed_dim, len(options.rates), self.heads_per_rate, options.routing)
         self._verified_mask: Optional[Tuple[int, Tuple[int, ...]]] = None
+        self._folded_cache: Optional[Tuple[Tuple[Tuple[int, int], ...], Tuple[Tensor, Tensor]]] = None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -195,13 +196,15 @@ class MultiResolutionAttention(nn.Module):
         if before_softmax:
             raise ValueError("MultiResolutionAttention has no softmax: before_softmax is not supported")
         tgt_len, batch, _ = query.shape
-        q = self._transformed(query, self.q_proj, is_query=True)
         if self.encoder_decoder_attention:
+            q = self._transformed(query, self.q_proj, is_query=True)
             heads_out = self._cross(q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask)
-        elif incremental_state is not None:
-            heads_out = self._decode_steps(q, key, value, incremental_state)
         else:
-            heads_out = self._parallel_self(q, key, value, key_padding_mask, attn_mask)
+            q, k, v = self._self_projections(query, key, value)
+            if incremental_state is not None:
+                heads_out = self._decode_steps(q, k, v, incremental_state)
+            else:
+                heads_out = self._parallel_self(q, k, v, key_padding_mask, attn_mask)
         if self.head_norm is not None:
             heads_out = self.head_norm(heads_out)
         heads_out = heads_out.permute(2, 0, 1, 3)  # (T, B, H, D)
@@ -214,8 +217,42 @@ class MultiResolutionAttention(nn.Module):
         """Transformed per-head keys ``(B, H, S, N)`` and values ``(B, H, S, D)``."""
         return self._transformed(key, self.k_proj, is_query=False), self._heads(self.v_proj(value))
 
-    def _parallel_self(self, q, key, value, key_padding_mask, attn_mask) -> Tensor:
-        k, v = self._keys_values(key, value)
+    def _self_projections(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Self-attention's q, k ``(B, H, T, N)`` and v ``(B, H, T, D)``: one matrix product of the input by
+        the three projections stacked (the q/k transforms folded in) when fairseq passes one tensor as query,
+        key and value and :meth:`_folded_in_projection` has the stacked map; else one product each."""
+        folded = self._folded_in_projection(query.size(0) * query.size(1)) if key is query and value is query else None
+        if folded is None:
+            return (self._transformed(query, self.q_proj, is_query=True), *self._keys_values(key, value))
+        width = self.query_key.output_dim * self.num_heads
+        q, k, v = nn.functional.linear(query, *folded).split((width, width, self.embed_dim), dim=-1)
+        return self._heads(q), self._heads(k), self._heads(v)
+
+    def _folded_in_projection(self, tokens: int) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(weight (2 H N + C, C), bias)``: the q projection and query transform, the k projection and key
+        transform, and the v projection as one linear map (None where a transform is not linear, or where
+        forming the map costs more than it saves: fewer tokens than input features, with gradients).
+
+        Without gradients (generation, validation) the map is formed once and kept until a parameter changes
+        (checked by the parameters' storage and version counters), so every decoding step makes one product.
+        """
+        parameters = [self.q_proj.weight, self.q_proj.bias, self.k_proj.weight, self.k_proj.bias, self.v_proj.weight,
+                      self.v_proj.bias] + [p for p in (self.query_key.weight, self.query_key.bias) if p is not None]
+        signature = tuple((p.data_ptr(), p._version) for p in parameters)
+        cache = not torch.is_grad_enabled()
+        if cache and self._folded_cache is not None and self._folded_cache[0] == signature:
+            return self._folded_cache[1]
+        if not cache and tokens < self.q_proj.in_features and self.query_key.weight is not None:
+            return None
+        q_map = self.query_key.fused_linear(self.q_proj, is_query=True)
+        k_map = self.query_key.fused_linear(self.k_proj, is_query=False)
+        if q_map is None or k_map is None:
+            return None
+        folded = (torch.cat([q_map[0], k_map[0], self.v_proj.weight]), torch.cat([q_map[1], k_map[1], self.v_proj.bias]))
+        self._folded_cache = (signature, folded) if cache else None
+        return folded
+
+    def _parallel_self(self, q, k, v, key_padding_mask, attn_mask) -> Tensor:
         if attn_mask is None:
             return self._bidirectional(q, k, v, key_padding_mask)
         self._check_future_mask(attn_mask, q.size(2))
@@ -326,11 +363,10 @@ class MultiResolutionAttention(nn.Module):
         return attend_blocks(q, cache[f"keys{group}"], cache[f"filled{group}"], cache[f"values{group}"],
                              self.feature_map, self.eps, self.divide)
 
-    def _decode_steps(self, q, key, value, incremental_state) -> Tensor:
+    def _decode_steps(self, q, k, v, incremental_state) -> Tensor:
         """Causal self-attention one position at a time, carrying the recurrent state."""
-        k, v = self._keys_values(key, value)
         state = self._get_input_buffer(incremental_state)
-        if state.get("summary") is None:
+        if not state:
             batch = q.size(0)
             state = initial_state(
                 batch, self.num_heads, k.size(-1), self.head_dim, q.dtype, q.device, self.feature_dim

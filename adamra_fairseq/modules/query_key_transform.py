@@ -91,10 +91,14 @@ class QueryKeyTransform(nn.Module):
 
     def fused_linear(self, linear: nn.Linear, is_query: bool) -> Optional[Tuple[Tensor, Tensor]]:
         """``(weight (H*N, C_in), bias (H*N,))`` of ``linear`` (``C_in -> H*D``) followed by :meth:`queries`
-        (``is_query``) or :meth:`keys`, as one linear map; None when there is nothing to fold (no learned
-        projection) or the transform is not linear (``l2``)."""
-        if self.weight is None or self.log_temperature is not None:
+        (``is_query``) or :meth:`keys`, as one linear map; None when the transform is not linear (``l2``).
+        Without a projection that is ``linear``'s own weight and bias (times ``D^-1/2`` for scaled queries)."""
+        if self.log_temperature is not None:
             return None
+        if self.weight is None:
+            if is_query and self.qk_norm == "scale":
+                return linear.weight * self.head_dim ** -0.5, linear.bias * self.head_dim ** -0.5
+            return linear.weight, linear.bias
         heads, head_dim, width = self.weight.shape
         projection = self.weight
         if is_query and self.qk_norm == "scale":

@@ -1,22 +1,40 @@
 """One step of causal AdaMRA attention for incremental decoding.
 
-Per head the state holds the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
-see ``bidirectional.with_ones``), kept as a scale times a matrix so that a
-decay multiplies only the scale, and the open block's running sums of k and
-of ``[v, 1]`` (whose last entry counts its tokens). A step adds the new token
-to the running sums, reads ``phi(q)`` against the complete blocks plus the
-open block's means, and folds the open block into ``[S | z]`` once it holds r
-tokens. Work and memory per step are O(H * D * Dv) at every position.
+The state has two forms, which give the same numbers:
+
+* **blocks** (where decoding starts): per rate group the complete blocks'
+  features ``phi(kbar)`` ``(B, h, M, F)`` and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
+  a key/value cache pooled by the group's rate; a step reads them with the
+  quadratic form ``(phi(q) phi(kbar)^T) [vbar | 1]``. It grows by one block
+  per r tokens.
+* **summary**: per head the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
+  see ``bidirectional.with_ones``), kept as a scale times a matrix so that a
+  decay multiplies only the scale; a step reads ``phi(q) [S | z]``. Its size
+  does not depend on the position.
+
+Both keep the open block's running sums of k and of ``[v, 1]`` (whose last
+entry counts its tokens); a step adds the new token to them, reads
+``phi(q)`` against the complete blocks plus the open block's means, and
+stores the open block once it holds r tokens. The blocks form is smaller
+and cheaper to read at sentence lengths (beam search copies the whole state
+at every step), the summary from some length on: a state switches once,
+when its blocks cost as much to read as the summary would
+(``bidirectional.cached_blocks_are_cheaper``, averaged over the heads). So
+the state never grows past about the summary's size, and work and memory
+per step are bounded by ``O(H * F * Dv)`` at every position.
 
 The state is a dict of tensors whose first dimension is the batch (x beam)
 axis, so beam search can reorder it with ``index_select(0, new_order)``.
+All rows of a state are at the same position (each call advances every row).
 """
 
-from typing import Dict, Optional
+from functools import lru_cache
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .bidirectional import accumulation_dtype, normalise, with_ones
+from .bidirectional import accumulation_dtype, cached_blocks_are_cheaper, normalise, with_ones
+from .dense import rate_groups
 from .feature_maps import FeatureMap, elu_plus_one
 
 State = Dict[str, torch.Tensor]
@@ -26,16 +44,34 @@ RESCALE_BELOW = 1e-12
 
 
 def initial_state(
-    batch: int, heads: int, dim: int, value_dim: int, dtype, device, feature_dim: Optional[int] = None
+    batch: int, heads: int, dim: int, value_dim: int, dtype, device, feature_dim: Optional[int] = None,
+    form: str = "blocks",
 ) -> State:
-    """Empty state (no complete block, an empty open block); ``feature_dim`` is phi's width F (default D)."""
+    """Empty state (no complete block, an empty open block) in ``form`` ``blocks`` (no block stored yet) or
+    ``summary`` (a zero ``[S | z]``); ``feature_dim`` is phi's width F (default D), used by the summary."""
+    if form not in ("blocks", "summary"):
+        raise ValueError(f"unknown state form {form!r}: choose blocks or summary")
     acc = accumulation_dtype(dtype)
-    return {
-        "summary": torch.zeros(batch, heads, feature_dim or dim, value_dim + 1, dtype=acc, device=device),
-        "scale": torch.ones(batch, heads, 1, dtype=acc, device=device),
+    state = {
         "open_k": torch.zeros(batch, heads, dim, dtype=acc, device=device),
         "open_v": torch.zeros(batch, heads, value_dim + 1, dtype=acc, device=device),
     }
+    if form == "blocks":
+        state["position"] = torch.zeros(batch, dtype=torch.long, device=device)
+    else:
+        state["summary"] = torch.zeros(batch, heads, feature_dim or dim, value_dim + 1, dtype=acc, device=device)
+        state["scale"] = torch.ones(batch, heads, 1, dtype=acc, device=device)
+    return state
+
+
+@lru_cache(maxsize=None)
+def head_ranges(rates: Tuple[int, ...]) -> Tuple[Tuple[int, int, int], ...]:
+    """``(first head, end head, rate)`` of each run of consecutive heads with the same rate (a rate group)."""
+    ranges, first = [], 0
+    for rate, heads in rate_groups(rates):
+        ranges.append((first, first + heads, rate))
+        first += heads
+    return tuple(ranges)
 
 
 def causal_step(
@@ -43,7 +79,7 @@ def causal_step(
     k: torch.Tensor,
     v: torch.Tensor,
     state: State,
-    head_rates: torch.Tensor,
+    head_rates: Union[torch.Tensor, Sequence[int]],
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
     divide: bool = True,
@@ -52,20 +88,20 @@ def causal_step(
 ):
     """Attends the newest position and advances the state (``divide``: by the kernel normaliser).
 
-    With ``block_decay`` g ``(H,)``, the complete blocks are multiplied by g
-    each time a block is folded in, so a block j weighs ``g^(b - j)`` from block b.
+    With ``block_decay`` g ``(H,)``, a complete block j weighs ``g^(b - j)`` from block b.
 
     Args:
         q, k: ``(B, H, D)``; v: ``(B, H, Dv)``, the newest position.
         state: from :func:`initial_state` or a previous step; not modified unless ``in_place``.
         head_rates: ``(H,)``, the rate of each head.
-        in_place: fold complete blocks into ``state["summary"]`` in place, touching only the heads where
-            a block completes (decoding without gradients: the largest tensor of the state is then
-            neither copied nor rewritten at every step).
+        in_place: summary form: fold complete blocks into ``state["summary"]`` in place, touching only the
+            heads where a block completes (decoding without gradients: the largest tensor of the state is
+            then neither copied nor rewritten at every step).
     Returns:
         ``(out (B, H, Dv) in q's dtype, new state)``.
     """
-    acc = state["summary"].dtype
+    rates = tuple(int(rate) for rate in (head_rates.tolist() if torch.is_tensor(head_rates) else head_rates))
+    acc = state["open_k"].dtype
     if q.dtype != acc:
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
     open_k = state["open_k"] + k
@@ -74,10 +110,23 @@ def causal_step(
     phi_own = feature_map(open_k / count)
     own_v = open_v / count  # [mean v, 1]
     phi_q = feature_map(q)
-    own_weight = (phi_q * phi_own).sum(dim=-1, keepdim=True)
+    own_read = (phi_q * phi_own).sum(dim=-1, keepdim=True) * own_v
+    complete = count == torch.tensor(rates, dtype=acc, device=q.device)[None, :, None]  # the open block is full
+    if "summary" in state:
+        read, new_state = _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay, in_place)
+    else:
+        read, new_state = _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay)
+    new_state["open_k"] = open_k.masked_fill(complete, 0.0)
+    new_state["open_v"] = open_v.masked_fill(complete, 0.0)
+    if "summary" not in new_state and not _blocks_are_cheaper(new_state, rates, phi_q.size(-1), own_v.size(-1) - 1):
+        new_state = blocks_to_summary(new_state, rates, block_decay)
+    return normalise(read, eps, divide), new_state
+
+
+def _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay, in_place):
+    """The summary form's read and its new ``summary`` and ``scale``."""
     scale = state["scale"]  # (B, H, 1): the complete blocks' [S | z] is scale * state["summary"]
-    read = scale * (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_weight * own_v
-    complete = count == head_rates.to(acc)[None, :, None]  # (B, H, 1): the open block is full
+    read = scale * (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_read
     # [S | z] <- g ([S | z] + phi(kbar) [vbar | 1]^T) where the block completes (g = 1 without decay), else
     # unchanged. The decay goes into the scale, so the stored matrix is touched once, by the outer product.
     fold_weight = phi_own * complete / scale
@@ -92,15 +141,77 @@ def causal_step(
     else:
         summary = torch.addcmul(state["summary"], fold_weight.unsqueeze(-1), own_v.unsqueeze(-2))
     if block_decay is not None:
-        scale = scale * torch.where(complete, block_decay.to(acc)[None, :, None], 1.0)
+        scale = scale * torch.where(complete, block_decay.to(scale.dtype)[None, :, None], 1.0)
         small = scale < RESCALE_BELOW
         if bool(small.any()):  # fold a tiny scale into the matrix before it can underflow
             summary = summary * torch.where(small, scale, 1.0).unsqueeze(-1)
             scale = torch.where(small, 1.0, scale)
-    new_state = {
-        "summary": summary,
-        "scale": scale,
-        "open_k": open_k.masked_fill(complete, 0.0),
-        "open_v": open_v.masked_fill(complete, 0.0),
-    }
-    return normalise(read, eps, divide), new_state
+    return read, {"summary": summary, "scale": scale}
+
+
+def _block_weights(block_decay: Optional[torch.Tensor], blocks: int, dtype) -> Optional[torch.Tensor]:
+    """``(h, M)`` weights ``g^(M - j)`` of the complete blocks j = 0 .. M-1 seen from the open block."""
+    if block_decay is None:
+        return None
+    exponents = torch.arange(blocks, 0, -1, dtype=dtype, device=block_decay.device)
+    return block_decay.to(dtype)[:, None] ** exponents
+
+
+def _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay):
+    """The blocks form's read and its new ``position``, ``features{g}`` and ``values{g}``."""
+    position = int(state["position"][0]) if state["position"].numel() else 0  # tokens before this one
+    new_state = {"position": state["position"] + 1}
+    reads = []
+    for group, (first, end, rate) in enumerate(head_ranges(rates)):
+        features, values = state.get(f"features{group}"), state.get(f"values{group}")
+        read = own_read[:, first:end]
+        if features is not None:
+            weights = phi_q[:, first:end].unsqueeze(-2) @ features.transpose(-1, -2)  # (B, h, 1, M)
+            decay = _block_weights(
+                None if block_decay is None else block_decay[first:end], features.size(2), weights.dtype)
+            if decay is not None:
+                weights = weights * decay[None, :, None, :]
+            read = read + (weights @ values).squeeze(-2)
+        reads.append(read)
+        if (position + 1) % rate == 0:  # the open block is complete: store it
+            new_features = phi_own[:, first:end].unsqueeze(2)
+            new_values = own_v[:, first:end].unsqueeze(2)
+            if features is not None:
+                new_features = torch.cat([features, new_features], dim=2)
+                new_values = torch.cat([values, new_values], dim=2)
+            features, values = new_features, new_values
+        if features is not None:
+            new_state[f"features{group}"], new_state[f"values{group}"] = features, values
+    return (reads[0] if len(reads) == 1 else torch.cat(reads, dim=1)), new_state
+
+
+def _blocks_are_cheaper(state: State, rates: Tuple[int, ...], feature_dim: int, value_dim: int) -> bool:
+    """Whether the stored blocks (mean per head) still cost less to read than ``[S | z]`` would."""
+    stored = sum(
+        (end - first) * state[f"features{group}"].size(2)
+        for group, (first, end, _) in enumerate(head_ranges(rates)) if f"features{group}" in state
+    )
+    return cached_blocks_are_cheaper(stored / len(rates), feature_dim, value_dim, feature_dim)
+
+
+def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Optional[torch.Tensor] = None) -> State:
+    """The same state in the summary form: ``[S | z] = sum_j g^(M - j) phi(kbar_j) [vbar_j | 1]^T`` per head."""
+    open_k, open_v = state["open_k"], state["open_v"]
+    batch, heads, _ = open_k.shape
+    summaries = []
+    for group, (first, end, _) in enumerate(head_ranges(tuple(head_rates))):
+        features, values = state.get(f"features{group}"), state.get(f"values{group}")
+        if features is None:
+            summaries.append(None)
+            continue
+        decay = _block_weights(None if block_decay is None else block_decay[first:end], features.size(2),
+                               features.dtype)
+        if decay is not None:
+            features = features * decay[None, :, :, None]
+        summaries.append(features.transpose(-1, -2) @ values)
+    shape = next(summary.shape for summary in summaries if summary is not None)
+    summary = torch.cat([
+        summary if summary is not None else open_k.new_zeros(batch, end - first, *shape[2:])
+        for summary, (first, end, _) in zip(summaries, head_ranges(tuple(head_rates)))
+    ], dim=1)
+    return {"summary": summary, "scale": open_k.new_ones(batch, heads, 1), "open_k": open_k, "open_v": open_v}
