@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import sys
 
 import torch
@@ -84,3 +85,20 @@ def test_output_lengths_counts_long_and_short_segments_against_their_references(
     empty.write_text("S-0\tnothing else\n", encoding="utf-8")
     failed = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(empty)], check=False)
     assert failed.returncode != 0 and "has no T- lines" in failed.stderr.strip().splitlines()[-1]
+
+
+def test_profile_decode_times_and_profiles_beam_search(tiny_adamra_checkpoint, tiny_data_bin, tmp_path):
+    script = os.path.join(REPO_ROOT, "scripts", "profile_decode.py")
+    result = run([sys.executable, script, tiny_adamra_checkpoint, "--data-bin", tiny_data_bin, "--subset", "test",
+                  "--beam", "2", "--sentences", "5", "--repeats", "1", "--rows", "5"])
+    summary = re.search(r"(\d+) decoder steps, (\d+) output tokens in [\d.]+ s .*?: ([\d.]+) tokens/s, "
+                        r"([\d.]+) ms per decoder step", result.stdout)
+    assert summary, result.stdout
+    steps, tokens = int(summary.group(1)), int(summary.group(2))
+    assert steps >= 2 and tokens >= 5  # at least one token (eos) per sentence, several steps per batch
+    assert "aten::" in result.stdout  # the operator table
+    missing = run([sys.executable, script, str(tmp_path / "none.pt"), "--data-bin", tiny_data_bin], check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr.strip().splitlines()[-1]
+    no_subset = run([sys.executable, script, tiny_adamra_checkpoint, "--data-bin", tiny_data_bin, "--subset", "nope"],
+                    check=False)
+    assert no_subset.returncode == 2 and "has no subset 'nope'" in no_subset.stderr.strip().splitlines()[-1]
