@@ -100,7 +100,6 @@ def causal_step(
     Returns:
         ``(out (B, H, Dv) in q's dtype, new state)``.
     """
-    rates = tuple(int(rate) for rate in (head_rates.tolist() if torch.is_tensor(head_rates) else head_rates))
     acc = state["open_k"].dtype
     if q.dtype != acc:
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
@@ -111,14 +110,16 @@ def causal_step(
     own_v = open_v / count  # [mean v, 1]
     phi_q = feature_map(q)
     own_read = (phi_q * phi_own).sum(dim=-1, keepdim=True) * own_v
-    complete = count == torch.tensor(rates, dtype=acc, device=q.device)[None, :, None]  # the open block is full
-    if "summary" in state:
+    rate_of_head = torch.as_tensor(head_rates, device=q.device)
+    complete = count == rate_of_head.to(acc)[None, :, None]  # (B, H, 1): the open block is full
+    open_sums = {"open_k": open_k.masked_fill(complete, 0.0), "open_v": open_v.masked_fill(complete, 0.0)}
+    if "summary" in state:  # needs the rates only as a tensor: no copy to the host at every step
         read, new_state = _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay, in_place)
-    else:
-        read, new_state = _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay)
-    new_state["open_k"] = open_k.masked_fill(complete, 0.0)
-    new_state["open_v"] = open_v.masked_fill(complete, 0.0)
-    if "summary" not in new_state and not _blocks_are_cheaper(new_state, rates, phi_q.size(-1), own_v.size(-1) - 1):
+        return normalise(read, eps, divide), {**new_state, **open_sums}
+    rates = tuple(int(rate) for rate in rate_of_head.tolist())
+    read, new_state = _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay)
+    new_state.update(open_sums)
+    if not _blocks_are_cheaper(new_state, rates, phi_q.size(-1), own_v.size(-1) - 1):
         new_state = blocks_to_summary(new_state, rates, block_decay)
     return normalise(read, eps, divide), new_state
 
@@ -198,8 +199,9 @@ def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Opti
     """The same state in the summary form: ``[S | z] = sum_j g^(M - j) phi(kbar_j) [vbar_j | 1]^T`` per head."""
     open_k, open_v = state["open_k"], state["open_v"]
     batch, heads, _ = open_k.shape
+    ranges = head_ranges(tuple(head_rates))
     summaries = []
-    for group, (first, end, _) in enumerate(head_ranges(tuple(head_rates))):
+    for group, (first, end, _) in enumerate(ranges):
         features, values = state.get(f"features{group}"), state.get(f"values{group}")
         if features is None:
             summaries.append(None)
@@ -212,6 +214,6 @@ def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Opti
     shape = next(summary.shape for summary in summaries if summary is not None)
     summary = torch.cat([
         summary if summary is not None else open_k.new_zeros(batch, end - first, *shape[2:])
-        for summary, (first, end, _) in zip(summaries, head_ranges(tuple(head_rates)))
+        for summary, (first, end, _) in zip(summaries, ranges)
     ], dim=1)
     return {"summary": summary, "scale": open_k.new_ones(batch, heads, 1), "open_k": open_k, "open_v": open_v}
