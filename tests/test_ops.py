@@ -197,6 +197,41 @@ def test_softmax_pair_backward_passes_the_gradient_check_and_keeps_only_its_outp
     assert saved[0].numel() == features.numel()
 
 
+@pytest.mark.parametrize("divide", [True, False])
+@pytest.mark.parametrize("name", ["elu", "hedgehog", "taylor2"])
+def test_state_form_backward_passes_the_gradient_check_and_equals_the_naive_gradients(name, divide):
+    """The state form's hand-written backward pass (ops/state_attention.py), with pads and several rates."""
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=3, heads=2, length=7, dim=3, seed=31, src_len=9))
+    mask = left_padding_mask([9, 5, 1], 9)
+    feature_map = FEATURE_MAPS[name]
+    upstream = torch.randn(3, 2, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for rate in (1, 2, 4):
+        def state_form(q, k, v):
+            return bidirectional_attention(q, k, v, rate, mask, feature_map=feature_map, divide=divide, form="state")
+
+        assert torch.autograd.gradcheck(state_form, (q, k, v))
+        naive = naive_adamra_attention(q, k, v, [rate] * 2, mask, feature_map=feature_map, divide=divide)
+        expected = torch.autograd.grad(naive, (q, k, v), upstream)
+        actual = torch.autograd.grad(state_form(q, k, v), (q, k, v), upstream)
+        for got, want in zip(actual, expected):
+            assert torch.allclose(got, want, atol=1e-9)
+
+
+def test_state_form_keeps_its_inputs_and_per_query_tensors_not_the_features():
+    """Hedgehog features are 2N wide: the backward pass recomputes them instead of keeping them."""
+    batch, heads, length, width = 2, 2, 50, 4
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=batch, heads=heads, length=length, dim=width, seed=8))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        bidirectional_attention(q, k, v, 1, feature_map=FEATURE_MAPS["hedgehog"], form="state")
+    per_query = batch * heads * length
+    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() // 8 for t in saved}
+    # q, k, v (N wide each), the output (Dv) and the denominator (1) per query; S and z (F x Dv, F) per head
+    features = 2 * width
+    assert sum(stored.values()) == per_query * (4 * width + 1) + batch * heads * features * (width + 1)
+    assert not any(t.size(-1) == features and t.size(-2) == length for t in saved)
+
+
 def test_causal_rejects_chunk_not_multiple_of_rate():
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match="multiple"):

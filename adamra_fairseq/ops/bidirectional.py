@@ -16,7 +16,8 @@ The same numbers can be computed in two orders: the *state* form
 per head, the *quadratic* form ``(phi(q) phi(kbar)^T) [vbar | 1]`` costs
 ``T M (F + Dv + 1)``. For MT sentences (T, M ~ 30, F = 64 .. 128) the
 quadratic form is several times cheaper; for long inputs the state form is
-the linear one. :func:`bidirectional_attention` picks the cheaper
+the linear one (in training it keeps less for the backward pass than autograd
+would: :mod:`.state_attention`). :func:`bidirectional_attention` picks the cheaper
 (``form="auto"``). Decoding caches what the cheaper form needs per query
 (:func:`cached_blocks_are_cheaper`): ``[S | z]`` for :func:`attend_state`, or
 the pooled keys and ``[vbar | 1]`` for :func:`attend_blocks`; either is
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one, output_width, pair_width
 from .padding import left_aligned_keys_values
 from .pooling import block_means
+from .state_attention import state_attention
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -53,27 +55,38 @@ def normalise(numerator_with_sum: torch.Tensor, eps: float, divide: bool = True)
 FORMS = ("auto", "state", "quadratic")
 
 
-def pooled_keys_values(
+def pooled_means(
     k: torch.Tensor,
     v: torch.Tensor,
     rate: int,
     key_padding_mask: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """Block-mean keys, which blocks hold tokens, and block-mean values with a column of ones.
+    """Block-mean keys, which blocks hold tokens, and block-mean values.
 
     Args:
         k: ``(B, h, S, N)``; v: ``(B, h, S, Dv)``.
         key_padding_mask: ``(B, S)``, True = pad, or None.
     Returns:
         ``kbar`` ``(B, h, M, N)``, ``(B, 1, 1, M)`` 1/0 weights of the blocks that hold a
-        token (None without padding: all do) and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
-        in the accumulation dtype.
+        token (None without padding: all do) and ``vbar`` ``(B, h, M, Dv)``, in the
+        accumulation dtype.
     """
     k, v, lengths, padded = left_aligned_keys_values(k, v, key_padding_mask)
     acc = accumulation_dtype(k.dtype)
     k_mean, sizes = block_means(k.to(acc), lengths, rate, padded)
     v_mean, _ = block_means(v.to(acc), lengths, rate, padded)
     filled = (sizes > 0)[:, None, None, :].to(acc) if padded else None
+    return k_mean, filled, v_mean
+
+
+def pooled_keys_values(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rate: int,
+    key_padding_mask: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """:func:`pooled_means` with a column of ones after the values: ``[vbar | 1]`` ``(B, h, M, Dv + 1)``."""
+    k_mean, filled, v_mean = pooled_means(k, v, rate, key_padding_mask)
     return k_mean, filled, with_ones(v_mean)
 
 
@@ -169,13 +182,12 @@ def bidirectional_attention(
     """
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}: choose one of {', '.join(FORMS)}")
-    k_mean, filled, values = pooled_keys_values(k, v, rate, key_padding_mask)
+    k_mean, filled, v_mean = pooled_means(k, v, rate, key_padding_mask)
     if form == "auto":
         width = k_mean.size(-1)
         cheaper = quadratic_is_cheaper(q.size(2), k_mean.size(2), output_width(feature_map, width), v.size(-1),
                                        pair_width(feature_map, width))
         form = "quadratic" if cheaper else "state"
     if form == "quadratic":
-        return attend_blocks(q, k_mean, filled, values, feature_map, eps, divide)
-    summary = block_features(feature_map, k_mean, filled).transpose(2, 3) @ values
-    return attend_state(q, summary, feature_map, eps, divide)
+        return attend_blocks(q, k_mean, filled, with_ones(v_mean), feature_map, eps, divide)
+    return state_attention(q, k_mean, v_mean, filled, feature_map, eps, divide)

@@ -1,0 +1,104 @@
+"""The bidirectional state form with a backward pass that keeps less and recomputes the features.
+
+For one group of heads (queries q, pooled keys kbar, pooled values vbar):
+
+    S = phi(kbar)^T vbar,  z = phi(kbar)^T 1,  n = phi(q) S,  d = phi(q) z + eps,  o = n / d
+
+Autograd would keep every intermediate for the backward pass: phi(q) and
+phi(kbar) (F = 2N wide for Hedgehog features), the values with their column
+of ones, the numerator. :class:`StateAttention` keeps only its inputs, the
+``(F, Dv)`` summary S, z, the denominator d and the output o, and recomputes
+phi(q) and phi(kbar) in the backward pass (an elementwise map, far cheaper
+than the products). With ``g = dL/do``:
+
+    dL/dn = g / d,   dL/dd = -sum(g * o) / d   (per query)
+    dL/dphi(q) = dL/dn S^T + dL/dd z^T
+    dL/dS = phi(q)^T dL/dn,   dL/dz = phi(q)^T dL/dd
+    dL/dphi(kbar) = vbar dL/dS^T + 1 dL/dz^T,   dL/dvbar = phi(kbar) dL/dS
+
+and the features' own backward pass (through a recomputed phi) gives dL/dq
+and dL/dkbar. Without the denominator (``divide=False``) o = n and d is not
+formed. Everything runs in the dtype of the inputs (the caller promotes them).
+"""
+
+from typing import Optional
+
+import torch
+
+from .feature_maps import FeatureMap
+
+
+def _features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
+    """``phi(x)``, zero for blocks that hold no token (``filled``: ``(B, 1, 1, M)`` 1/0 weights, or None)."""
+    phi = feature_map(x)
+    return phi if filled is None else phi * filled.transpose(2, 3)
+
+
+def _feature_backward(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor],
+                      grad: torch.Tensor) -> torch.Tensor:
+    """``dL/dx`` from ``dL/dphi(x)``, through a recomputed ``phi(x)``."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(_features(feature_map, x, filled), x, grad)
+    return grad_x
+
+
+class StateAttention(torch.autograd.Function):
+    """``phi(q) S / (phi(q) z + eps)`` from q ``(B, h, T, N)``, kbar ``(B, h, M, N)``, vbar ``(B, h, M, Dv)``."""
+
+    @staticmethod
+    def forward(ctx, q, k_mean, v_mean, filled, feature_map, eps, divide):
+        phi_k = _features(feature_map, k_mean, filled)
+        summary = phi_k.transpose(2, 3) @ v_mean  # (B, h, F, Dv)
+        phi_q = feature_map(q)
+        out = phi_q @ summary
+        normaliser = sums = None
+        if divide:
+            sums = phi_k.sum(dim=2)  # z: (B, h, F)
+            normaliser = (phi_q @ sums.unsqueeze(-1)) + eps  # d: (B, h, T, 1)
+            out = out / normaliser
+        ctx.feature_map, ctx.divide = feature_map, divide
+        ctx.save_for_backward(q, k_mean, v_mean, filled, summary, sums, normaliser, out if divide else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k_mean, v_mean, filled, summary, sums, normaliser, out = ctx.saved_tensors
+        feature_map = ctx.feature_map
+        phi_q = feature_map(q)
+        grad_numerator = grad_out
+        if ctx.divide:
+            grad_numerator = grad_out / normaliser
+            grad_normaliser = -(grad_numerator * out).sum(dim=-1, keepdim=True)  # (B, h, T, 1)
+        grad_phi_q = grad_numerator @ summary.transpose(2, 3)
+        grad_summary = phi_q.transpose(2, 3) @ grad_numerator  # (B, h, F, Dv)
+        phi_k = _features(feature_map, k_mean, filled)
+        grad_phi_k = v_mean @ grad_summary.transpose(2, 3)
+        if ctx.divide:
+            grad_phi_q = grad_phi_q + grad_normaliser * sums.unsqueeze(2)
+            grad_phi_k = grad_phi_k + (phi_q.transpose(2, 3) @ grad_normaliser).transpose(2, 3)
+        grad_v_mean = phi_k @ grad_summary
+        grad_q = _feature_backward(feature_map, q, None, grad_phi_q)
+        grad_k_mean = _feature_backward(feature_map, k_mean, filled, grad_phi_k)
+        return grad_q, grad_k_mean, grad_v_mean, None, None, None, None
+
+
+def state_attention(
+    q: torch.Tensor,
+    k_mean: torch.Tensor,
+    v_mean: torch.Tensor,
+    filled: Optional[torch.Tensor],
+    feature_map: FeatureMap,
+    eps: float = 1e-6,
+    divide: bool = True,
+) -> torch.Tensor:
+    """The state form ``phi(q) (phi(kbar)^T [vbar | 1])``, normalised if ``divide``: ``(B, h, T, Dv)`` in q's dtype.
+
+    q ``(B, h, T, N)``; ``k_mean`` ``(B, h, M, N)``, ``v_mean`` ``(B, h, M, Dv)`` and ``filled``
+    (``(B, 1, 1, M)`` or None) as :func:`.bidirectional.pooled_keys_values` gives them, without the
+    column of ones. Same numbers as autograd through the plain products; the backward pass keeps
+    less (:class:`StateAttention`).
+    """
+    acc = k_mean.dtype
+    return StateAttention.apply(q.to(acc), k_mean, v_mean, filled, feature_map, eps, divide).to(q.dtype)
+
