@@ -332,6 +332,32 @@ def test_learned_decay_matches_reference_and_incremental_equals_parallel():
     assert torch.allclose(torch.cat(steps), parallel, atol=1e-10)
 
 
+def test_recomputed_causal_op_gives_the_same_output_and_gradients_and_keeps_less():
+    """``--adamra-recompute causal``: same numbers as keeping the intermediates, fewer saved tensors."""
+    x = torch.randn(21, 2, EMBED, dtype=torch.float64)
+    padding = torch.zeros(2, 21, dtype=torch.bool)
+    padding[1, 15:] = True  # fairseq's targets: trailing pads
+    results = {}
+    for recompute in ("none", "causal"):
+        module = make_module(seed=3, rates=(1, 2, 4, 8), chunk=8, causal_decay=True, feature_map="hedgehog",
+                             recompute=recompute).train()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out, _ = module(x, x, x, key_padding_mask=padding, attn_mask=future_mask(21))
+        out.pow(2).sum().backward()
+        grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+        results[recompute] = out, grads, sum(t.numel() for t in saved)
+    (out, grads, kept), (out_r, grads_r, kept_r) = results["none"], results["causal"]
+    assert torch.allclose(out_r, out, atol=1e-12)
+    assert grads.keys() == grads_r.keys() and "decay_logit" in grads
+    for name in grads:
+        assert torch.allclose(grads_r[name], grads[name], atol=1e-10), name
+    if dense.DENSE_MAX_LENGTH < 21:  # the chunked op ran (the dense form of short inputs is not recomputed)
+        assert kept_r < kept
+    else:
+        assert kept_r == kept
+
+
 def test_cross_attention_overrides_apply_to_cross_attention_only():
     settings = options(rates=(1, 2, 4, 8), cross={"rates": (1,), "feature_map": "hedgehog", "qk_norm": "l2"})
     self_attention = MultiResolutionAttention(EMBED, HEADS, settings, self_attention=True)

@@ -12,6 +12,7 @@ from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper, rate_groups
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
+from adamra_fairseq.ops.recompute import recomputed
 from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
 
 TOL = 1e-9
@@ -230,6 +231,32 @@ def test_state_form_keeps_its_inputs_and_per_query_tensors_not_the_features():
     features = 2 * width
     assert sum(stored.values()) == per_query * (4 * width + 1) + batch * heads * features * (width + 1)
     assert not any(t.size(-1) == features and t.size(-2) == length for t in saved)
+
+
+def test_recomputed_causal_op_passes_the_gradient_check_and_equals_the_naive_gradients():
+    """ops/recompute.py around the chunked causal op: decay, several rates, two chunks."""
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=2, heads=1, length=10, dim=3, seed=41))
+    decay = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 1, 10, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for rate in (1, 2):
+        def chunked(q, k, v, g):
+            return recomputed(lambda q, k, v, g: causal_attention(q, k, v, rate, 4, FEATURE_MAPS["hedgehog"],
+                                                                block_decay=g), q, k, v, g)
+
+        assert torch.autograd.gradcheck(chunked, (q, k, v, decay))
+        # the naive reference takes the decay as numbers: its gradient is checked against the plain op
+        naive = naive_adamra_attention(q, k, v, [rate], causal=True, feature_map=FEATURE_MAPS["hedgehog"],
+                                       block_decay=decay.tolist())
+        plain = causal_attention(q, k, v, rate, 4, FEATURE_MAPS["hedgehog"], block_decay=decay)
+        inputs = (q, k, v, decay)
+        got = torch.autograd.grad(chunked(*inputs), inputs, upstream)
+        want = torch.autograd.grad(naive, inputs[:3], upstream) + torch.autograd.grad(plain, decay, upstream)
+        for actual, expected in zip(got, want):
+            assert torch.allclose(actual, expected, atol=1e-9)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        chunked(q, k, v, decay)
+    assert sorted(t.numel() for t in saved) == [1, q.numel(), k.numel(), v.numel()]  # its inputs, nothing else
 
 
 def test_causal_rejects_chunk_not_multiple_of_rate():

@@ -44,6 +44,7 @@ from ..ops.causal import causal_attention
 from ..ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
+from ..ops.recompute import recomputed
 from ..ops.recurrent import causal_step, initial_state
 from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
@@ -75,6 +76,16 @@ def initial_decay_logits(num_heads: int) -> Tensor:
     exponents = 1 + 6 * torch.arange(num_heads, dtype=torch.float32) / max(num_heads - 1, 1)
     per_token = 1 - 2.0 ** -exponents
     return torch.log(per_token / (1 - per_token))
+
+
+def _causal_group(q: Tensor, k: Tensor, v: Tensor, block_decay: Optional[Tensor], **options) -> Tensor:
+    """:func:`causal_attention` with the tensors first (what :func:`recomputed` passes)."""
+    return causal_attention(q, k, v, block_decay=block_decay, **options)
+
+
+def _run(op, *tensors, **options) -> Tensor:
+    """``op(*tensors, **options)``: autograd keeps what the op's own steps keep."""
+    return op(*tensors, **options)
 
 
 @with_incremental_state
@@ -266,9 +277,10 @@ class MultiResolutionAttention(nn.Module):
             out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay)
         else:
             decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
+            run = recomputed if self.options.recompute == "causal" else _run
             out = torch.cat([
-                causal_attention(qg, kg, vg, rate, self.options.chunk_size, self.feature_map, self.eps, self.divide,
-                                 group_decay)
+                run(_causal_group, qg, kg, vg, group_decay, rate=rate, chunk_size=self.options.chunk_size,
+                    feature_map=self.feature_map, eps=self.eps, divide=self.divide)
                 for qg, kg, vg, rate, group_decay in zip(
                     self._groups(q), self._groups(k), self._groups(v), self.rates, decays)
             ], dim=1)

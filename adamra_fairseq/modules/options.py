@@ -15,6 +15,7 @@ from .query_key_transform import QK_NORMS
 
 ROUTINGS = ("soft", "top1")
 DECAYS = ("none", "learned")
+RECOMPUTES = ("none", "causal")
 NORMALISERS = ("denominator", "norm", "both")
 BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
 ATTENTION_PLACES = ("encoder", "decoder", "cross")
@@ -63,6 +64,7 @@ DEFAULTS = {
     "adamra_chunk_size": 64,
     "adamra_eps": 1e-6,
     "adamra_feature_init_scale": 1.0,
+    "adamra_recompute": "none",
 }
 
 
@@ -135,6 +137,11 @@ def add_adamra_args(parser) -> None:
     group.add_argument("--adamra-chunk-size", type=int, metavar="C",
                        help="chunk length of the causal (decoder) training op; a multiple of every rate "
                             f"(default {DEFAULTS['adamra_chunk_size']})")
+    group.add_argument("--adamra-recompute", type=str, metavar="|".join(RECOMPUTES),
+                       help="none = the causal (decoder) training op keeps its intermediates for the backward "
+                            "pass; causal = it keeps only its inputs and runs once more in the backward pass: "
+                            "less training memory for long targets, for about one more forward pass of the op "
+                            f"(default {DEFAULTS['adamra_recompute']})")
     group.add_argument("--adamra-eps", type=float, metavar="EPS",
                        help=f"added to the kernel normaliser (default {DEFAULTS['adamra_eps']})")
     group.add_argument("--adamra-feature-init-scale", type=float, metavar="S",
@@ -211,6 +218,7 @@ class AdaMRAOptions:
     memory: int = 0
     blocks: int = 0
     feature_init_scale: float = 1.0
+    recompute: str = "none"
     cross: Mapping[str, object] = field(default_factory=dict)
 
     def head_rates(self, num_heads: int) -> Tuple[int, ...]:
@@ -309,6 +317,7 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     cross = _per_place_values(args, "adamra_cross_", own)
     routing = _choice(ROUTINGS)(args.adamra_routing, "--adamra-routing")
     decay = _choice(DECAYS)(args.adamra_decay, "--adamra-decay")
+    recompute = _choice(RECOMPUTES)(args.adamra_recompute, "--adamra-recompute")
     balance = float(args.adamra_balance_loss)
     if not math.isfinite(balance) or balance < 0:
         raise AdaMRAOptionError(f"--adamra-balance-loss {balance} is invalid: use a finite weight >= 0")
@@ -370,7 +379,7 @@ def parse_adamra_options(args) -> AdaMRAOptions:
     return AdaMRAOptions(rates=rates, routing=routing, balance_loss=balance, feature_map=own["feature_map"],
                          places=places, chunk_size=chunk, eps=eps, feature_dim=own["feature_dim"],
                          qk_norm=own["qk_norm"], normaliser=own["normaliser"], decay=decay,
-                         feature_init_scale=init_scale, cross=cross_overrides)
+                         feature_init_scale=init_scale, recompute=recompute, cross=cross_overrides)
 
 
 def check_balance_criterion(args) -> None:

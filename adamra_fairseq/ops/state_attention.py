@@ -34,12 +34,17 @@ def _features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.T
     return phi if filled is None else phi * filled.transpose(2, 3)
 
 
-def _feature_backward(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor],
-                      grad: torch.Tensor) -> torch.Tensor:
-    """``dL/dx`` from ``dL/dphi(x)``, through a recomputed ``phi(x)``."""
+def _differentiable_features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]):
+    """``(x', phi(x'))`` for a detached ``x'`` that requires grad: the backward pass reads phi, then
+    differentiates it (one evaluation of phi for both)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        (grad_x,) = torch.autograd.grad(_features(feature_map, x, filled), x, grad)
+        return x, _features(feature_map, x, filled)
+
+
+def _through_features(x: torch.Tensor, phi: torch.Tensor, grad_phi: torch.Tensor) -> torch.Tensor:
+    """``dL/dx`` from ``dL/dphi(x)`` (``x``, ``phi`` from :func:`_differentiable_features`)."""
+    (grad_x,) = torch.autograd.grad(phi, x, grad_phi)
     return grad_x
 
 
@@ -64,24 +69,27 @@ class StateAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k_mean, v_mean, filled, summary, sums, normaliser, out = ctx.saved_tensors
-        feature_map = ctx.feature_map
-        phi_q = feature_map(q)
+        # The query side first, so that its (T, F) tensors are freed before the key side's are formed.
+        q, phi_q = _differentiable_features(ctx.feature_map, q, None)
         grad_numerator = grad_out
+        grad_sums = None
         if ctx.divide:
             grad_numerator = grad_out / normaliser
             grad_normaliser = -(grad_numerator * out).sum(dim=-1, keepdim=True)  # (B, h, T, 1)
+            grad_sums = (grad_normaliser.transpose(2, 3) @ phi_q.detach())  # (B, h, 1, F)
+        grad_summary = phi_q.detach().transpose(2, 3) @ grad_numerator  # (B, h, F, Dv)
         grad_phi_q = grad_numerator @ summary.transpose(2, 3)
-        grad_summary = phi_q.transpose(2, 3) @ grad_numerator  # (B, h, F, Dv)
-        phi_k = _features(feature_map, k_mean, filled)
-        grad_phi_k = v_mean @ grad_summary.transpose(2, 3)
         if ctx.divide:
             grad_phi_q = grad_phi_q + grad_normaliser * sums.unsqueeze(2)
-            grad_phi_k = grad_phi_k + (phi_q.transpose(2, 3) @ grad_normaliser).transpose(2, 3)
-        grad_v_mean = phi_k @ grad_summary
-        grad_q = _feature_backward(feature_map, q, None, grad_phi_q)
-        grad_k_mean = _feature_backward(feature_map, k_mean, filled, grad_phi_k)
+        grad_q = _through_features(q, phi_q, grad_phi_q)
+        del phi_q, grad_phi_q, grad_numerator
+        k_mean, phi_k = _differentiable_features(ctx.feature_map, k_mean, filled)
+        grad_v_mean = phi_k.detach() @ grad_summary
+        grad_phi_k = v_mean @ grad_summary.transpose(2, 3)
+        if grad_sums is not None:
+            grad_phi_k = grad_phi_k + grad_sums
+        grad_k_mean = _through_features(k_mean, phi_k, grad_phi_k)
         return grad_q, grad_k_mean, grad_v_mean, None, None, None, None
-
 
 def state_attention(
     q: torch.Tensor,
