@@ -53,6 +53,7 @@ BAD_INPUTS = [
     (dict(adamra_feature_init_scale=0.0), "--adamra-feature-init-scale 0.0 is invalid: use a positive number"),
     (dict(adamra_feature_init_scale=-2.0), "--adamra-feature-init-scale -2.0 is invalid"),
     (dict(adamra_feature_init_scale=float("nan")), "--adamra-feature-init-scale nan is invalid"),
+    (dict(adamra_recompute="all"), "--adamra-recompute 'all' is unknown: choose one of none, causal"),
 ]
 
 
@@ -66,6 +67,8 @@ def test_bad_values_are_rejected_with_the_flag_named(values, message):
 
 def test_defaults_are_valid():
     options = parse_adamra_options(namespace())
+    assert options.recompute == "none"
+    assert parse_adamra_options(namespace(adamra_recompute="causal")).recompute == "causal"
     assert options.rates == (1, 2, 4, 8)
     assert options.head_rates(8) == (1, 1, 2, 2, 4, 4, 8, 8)
     assert options.places == ("encoder", "decoder", "cross")
