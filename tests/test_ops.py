@@ -199,7 +199,7 @@ def test_softmax_pair_backward_passes_the_gradient_check_and_keeps_only_its_outp
 
 
 @pytest.mark.parametrize("divide", [True, False])
-@pytest.mark.parametrize("name", ["elu", "hedgehog", "taylor2"])
+@pytest.mark.parametrize("name", ["elu", "relu", "hedgehog", "taylor2"])  # taylor2: no formula, a recomputed graph
 def test_state_form_backward_passes_the_gradient_check_and_equals_the_naive_gradients(name, divide):
     """The state form's hand-written backward pass (ops/state_attention.py), with pads and several rates."""
     q, k, v = (x.requires_grad_() for x in random_qkv(batch=3, heads=2, length=7, dim=3, seed=31, src_len=9))

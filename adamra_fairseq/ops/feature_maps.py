@@ -85,9 +85,15 @@ class _SoftmaxPair(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (halves,) = ctx.saved_tensors
-        # softmax's Jacobian-vector product y * (g - <g, y>) for each half; the second half saw -u
-        through = torch._softmax_backward_data(grad.reshape(halves.shape), halves, -1, halves.dtype)
-        return through[..., 0, :] - through[..., 1, :]
+        return _softmax_pair_backward(None, halves.flatten(-2), grad)
+
+
+def _softmax_pair_backward(x: Optional[torch.Tensor], features: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``dL/du`` from ``dL/dphi`` and ``phi = [softmax(u), softmax(-u)]`` (u itself is not needed)."""
+    halves = features.view(*features.shape[:-1], 2, -1)
+    # softmax's Jacobian-vector product y * (g - <g, y>) for each half; the second half saw -u
+    through = torch._softmax_backward_data(grad.reshape(halves.shape), halves, -1, halves.dtype)
+    return through[..., 0, :] - through[..., 1, :]
 
 
 def softmax_pair(x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +106,22 @@ def softmax_pair(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _SoftmaxPair.apply(x)
     return _softmax_halves(x).flatten(-2)
+
+
+def _elu_plus_one_backward(x: torch.Tensor, features: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``elu(u) + 1`` has slope 1 for u > 0 and ``exp(u) = phi`` below: the slope is ``min(phi, 1)``."""
+    return grad * features.clamp(max=1.0)
+
+
+def _relu_backward(x: torch.Tensor, features: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return grad * (features > 0).to(grad.dtype)
+
+
+# ``(x, phi(x), dL/dphi) -> dL/dx`` for maps whose backward pass needs no graph; a backward pass that
+# recomputes features (ops/state_attention.py) uses these instead of differentiating phi again.
+FEATURE_MAP_BACKWARDS: Dict[FeatureMap, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    softmax_pair: _softmax_pair_backward, elu_plus_one: _elu_plus_one_backward, relu: _relu_backward,
+}
 
 
 FEATURE_MAPS: Dict[str, FeatureMap] = {

@@ -16,8 +16,8 @@ than the products). With ``g = dL/do``:
     dL/dS = phi(q)^T dL/dn,   dL/dz = phi(q)^T dL/dd
     dL/dphi(kbar) = vbar dL/dS^T + 1 dL/dz^T,   dL/dvbar = phi(kbar) dL/dS
 
-and the features' own backward pass (through a recomputed phi) gives dL/dq
-and dL/dkbar. Without the denominator (``divide=False``) o = n and d is not
+and the features' own backward pass (a formula for softmax_pair, elu + 1 and
+relu; a recomputed graph for the others) gives dL/dq and dL/dkbar. Without the denominator (``divide=False``) o = n and d is not
 formed. Everything runs in the dtype of the inputs (the caller promotes them).
 """
 
@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from .feature_maps import FeatureMap
+from .feature_maps import FEATURE_MAP_BACKWARDS, FeatureMap
 
 
 def _features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
@@ -34,18 +34,22 @@ def _features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.T
     return phi if filled is None else phi * filled.transpose(2, 3)
 
 
-def _differentiable_features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]):
-    """``(x', phi(x'))`` for a detached ``x'`` that requires grad: the backward pass reads phi, then
-    differentiates it (one evaluation of phi for both)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        return x, _features(feature_map, x, filled)
+def _features_with_backward(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]):
+    """``phi(x)`` (zero for empty blocks) and a function taking ``dL/dphi`` to ``dL/dx``.
 
-
-def _through_features(x: torch.Tensor, phi: torch.Tensor, grad_phi: torch.Tensor) -> torch.Tensor:
-    """``dL/dx`` from ``dL/dphi(x)`` (``x``, ``phi`` from :func:`_differentiable_features`)."""
-    (grad_x,) = torch.autograd.grad(phi, x, grad_phi)
-    return grad_x
+    Maps of :data:`FEATURE_MAP_BACKWARDS` are differentiated by their formula; any other map through
+    a recomputed graph (a nested autograd call, which costs the process some memory the first time).
+    """
+    backward = FEATURE_MAP_BACKWARDS.get(feature_map)
+    if backward is None:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            phi = _features(feature_map, x, filled)
+        return phi.detach(), lambda grad: torch.autograd.grad(phi, x, grad)[0]
+    raw = feature_map(x)
+    masks = filled is not None
+    phi = raw * filled.transpose(2, 3) if masks else raw
+    return phi, lambda grad: backward(x, raw, grad * filled.transpose(2, 3) if masks else grad)
 
 
 class StateAttention(torch.autograd.Function):
@@ -70,25 +74,25 @@ class StateAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k_mean, v_mean, filled, summary, sums, normaliser, out = ctx.saved_tensors
         # The query side first, so that its (T, F) tensors are freed before the key side's are formed.
-        q, phi_q = _differentiable_features(ctx.feature_map, q, None)
+        phi_q, through_q = _features_with_backward(ctx.feature_map, q, None)
         grad_numerator = grad_out
         grad_sums = None
         if ctx.divide:
             grad_numerator = grad_out / normaliser
             grad_normaliser = -(grad_numerator * out).sum(dim=-1, keepdim=True)  # (B, h, T, 1)
-            grad_sums = (grad_normaliser.transpose(2, 3) @ phi_q.detach())  # (B, h, 1, F)
-        grad_summary = phi_q.detach().transpose(2, 3) @ grad_numerator  # (B, h, F, Dv)
+            grad_sums = grad_normaliser.transpose(2, 3) @ phi_q  # (B, h, 1, F)
+        grad_summary = phi_q.transpose(2, 3) @ grad_numerator  # (B, h, F, Dv)
         grad_phi_q = grad_numerator @ summary.transpose(2, 3)
         if ctx.divide:
             grad_phi_q = grad_phi_q + grad_normaliser * sums.unsqueeze(2)
-        grad_q = _through_features(q, phi_q, grad_phi_q)
-        del phi_q, grad_phi_q, grad_numerator
-        k_mean, phi_k = _differentiable_features(ctx.feature_map, k_mean, filled)
-        grad_v_mean = phi_k.detach() @ grad_summary
+        grad_q = through_q(grad_phi_q)
+        del phi_q, through_q, grad_phi_q, grad_numerator
+        phi_k, through_k = _features_with_backward(ctx.feature_map, k_mean, filled)
+        grad_v_mean = phi_k @ grad_summary
         grad_phi_k = v_mean @ grad_summary.transpose(2, 3)
         if grad_sums is not None:
             grad_phi_k = grad_phi_k + grad_sums
-        grad_k_mean = _through_features(k_mean, phi_k, grad_phi_k)
+        grad_k_mean = through_k(grad_phi_k)
         return grad_q, grad_k_mean, grad_v_mean, None, None, None, None
 
 def state_attention(
