@@ -95,6 +95,7 @@ class StateAttention(torch.autograd.Function):
         grad_k_mean = through_k(grad_phi_k)
         return grad_q, grad_k_mean, grad_v_mean, None, None, None, None
 
+
 def state_attention(
     q: torch.Tensor,
     k_mean: torch.Tensor,
