@@ -10,7 +10,9 @@ Loads the checkpoint with fairseq, takes the first batches of ``--subset``
 then ``--repeats`` timed passes (the fastest is reported), then one pass
 under ``torch.profiler``. Prints the decoder steps, output tokens, tokens/s and
 milliseconds per decoder step (what one step of every layer costs, whatever
-the output lengths), and the operators that took the most time. Nothing is
+the output lengths), the time spent in each part of the model (encoder layers,
+decoder self-attention, cross-attention, feed-forward blocks, output layer)
+and the operators that took the most time. Nothing is
 written; scripts/bench_decode.py gives the end-to-end fairseq-generate speed.
 """
 
@@ -46,6 +48,39 @@ def first_batches(task, dataset, sentences):
         if count >= sentences:
             break
     return batches, count
+
+
+def model_parts(model):
+    """The modules of each part of an encoder-decoder transformer whose forward time is reported."""
+    layers = model.decoder.layers
+    return {
+        "encoder layers": list(model.encoder.layers),  # fairseq calls the encoder itself without hooks
+        "decoder self-attention": [layer.self_attn for layer in layers],
+        "cross-attention": [layer.encoder_attn for layer in layers if layer.encoder_attn is not None],
+        "feed-forward": [module for layer in layers for module in (layer.fc1, layer.fc2)],
+        "output layer": [model.decoder.output_projection],
+    }
+
+
+def time_by_part(model, decode):
+    """``({part: seconds}, total seconds)`` of one ``decode()`` pass, timed by forward hooks."""
+    spent, started, handles = {}, {}, []
+    for part, modules in model_parts(model).items():
+        spent[part] = 0.0
+        for module in modules:
+            def start(_module, _inputs, key=id(module)):
+                started[key] = time.perf_counter()
+
+            def stop(_module, _inputs, _output, key=id(module), part=part):
+                spent[part] += time.perf_counter() - started[key]
+
+            handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
+    begin = time.perf_counter()
+    decode()
+    total = time.perf_counter() - begin
+    for handle in handles:
+        handle.remove()
+    return spent, total
 
 
 def main():
@@ -96,6 +131,10 @@ def main():
     print(f"{args.checkpoint}: {sentences} sentences of {args.subset}, beam {args.beam}, {args.threads} thread(s)")
     print(f"{steps[0]} decoder steps, {tokens} output tokens in {seconds:.2f} s (fastest of {args.repeats}): "
           f"{tokens / seconds:.1f} tokens/s, {1000 * seconds / steps[0]:.1f} ms per decoder step")
+    spent, total = time_by_part(model, decode)
+    print(f"time by part (one more pass, {1000 * total:.1f} ms, timed by forward hooks): " + ", ".join(
+        f"{part} {1000 * seconds:.1f} ms ({100 * seconds / total:.0f}%)" for part, seconds in spent.items())
+        + f", the rest (beam search, embeddings, norms) {1000 * (total - sum(spent.values())):.1f} ms")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         decode()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))

@@ -97,6 +97,12 @@ def test_profile_decode_times_and_profiles_beam_search(tiny_adamra_checkpoint, t
     steps, tokens = int(summary.group(1)), int(summary.group(2))
     assert steps >= 2 and tokens >= 5  # at least one token (eos) per sentence, several steps per batch
     assert "aten::" in result.stdout  # the operator table
+    parts = re.search(r"time by part \(one more pass, ([\d.]+) ms.*?\): (.*), the rest .*? ([\d.]+) ms", result.stdout)
+    assert parts, result.stdout
+    shares = {part.strip(): seconds for part, seconds in re.findall(r"([a-z -]+) ([\d.]+) ms \(\d+%\)", parts.group(2))}
+    assert set(shares) == {"encoder layers", "decoder self-attention", "cross-attention", "feed-forward", "output layer"}
+    assert all(float(ms) > 0 for ms in shares.values())
+    assert float(parts.group(3)) >= 0 and sum(map(float, shares.values())) <= float(parts.group(1)) + 0.5
     missing = run([sys.executable, script, str(tmp_path / "none.pt"), "--data-bin", tiny_data_bin], check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr.strip().splitlines()[-1]
     no_subset = run([sys.executable, script, tiny_adamra_checkpoint, "--data-bin", tiny_data_bin, "--subset", "nope"],
