@@ -6,7 +6,9 @@ runs ``op`` once more with gradients on and differentiates that. The memory
 of the op's intermediates (for the chunked causal op: running means, feature
 maps, chunk summaries and scores of every rate group) is then needed only
 while one op's backward pass runs, at the price of one more forward pass of
-the op. The op must be deterministic (no dropout inside).
+the op. The op must be deterministic (no dropout inside). The backward pass
+differentiates through a nested autograd call; on the CPU build the first
+such call costs a process about 35 MB for good (docs/benchmarks.md).
 """
 
 from typing import Callable, Optional
