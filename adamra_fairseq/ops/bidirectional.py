@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one, output_width, pair_width
 from .padding import left_aligned_keys_values
 from .pooling import block_means
-from .state_attention import state_attention
+from .state_attention import block_features, state_attention  # noqa: F401  (block_features: also read from here)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -88,14 +88,6 @@ def pooled_keys_values(
     """:func:`pooled_means` with a column of ones after the values: ``[vbar | 1]`` ``(B, h, M, Dv + 1)``."""
     k_mean, filled, v_mean = pooled_means(k, v, rate, key_padding_mask)
     return k_mean, filled, with_ones(v_mean)
-
-
-def block_features(feature_map: FeatureMap, k_mean: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
-    """``phi(kbar)`` ``(B, h, M, F)``, zero for blocks that hold no token (``filled`` from :func:`pooled_keys_values`)."""
-    phi_k = feature_map(k_mean)
-    if filled is not None:  # blocks past a short row's end are empty and carry no weight
-        phi_k = phi_k * filled.transpose(2, 3)
-    return phi_k
 
 
 def quadratic_is_cheaper(

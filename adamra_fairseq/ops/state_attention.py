@@ -28,10 +28,15 @@ import torch
 from .feature_maps import FEATURE_MAP_BACKWARDS, FeatureMap
 
 
-def _features(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
-    """``phi(x)``, zero for blocks that hold no token (``filled``: ``(B, 1, 1, M)`` 1/0 weights, or None)."""
-    phi = feature_map(x)
-    return phi if filled is None else phi * filled.transpose(2, 3)
+def without_empty_blocks(x: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` ``(B, h, M, .)`` with the rows of blocks that hold no token zeroed (``filled``: the ``(B, 1, 1, M)``
+    1/0 weights of :func:`.bidirectional.pooled_means`, or None: every block holds a token)."""
+    return x if filled is None else x * filled.transpose(2, 3)
+
+
+def block_features(feature_map: FeatureMap, k_mean: torch.Tensor, filled: Optional[torch.Tensor]) -> torch.Tensor:
+    """``phi(kbar)`` ``(B, h, M, F)``, zero for blocks that hold no token (blocks past a short row's end)."""
+    return without_empty_blocks(feature_map(k_mean), filled)
 
 
 def _features_with_backward(feature_map: FeatureMap, x: torch.Tensor, filled: Optional[torch.Tensor]):
@@ -44,12 +49,10 @@ def _features_with_backward(feature_map: FeatureMap, x: torch.Tensor, filled: Op
     if backward is None:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            phi = _features(feature_map, x, filled)
+            phi = block_features(feature_map, x, filled)
         return phi.detach(), lambda grad: torch.autograd.grad(phi, x, grad)[0]
     raw = feature_map(x)
-    masks = filled is not None
-    phi = raw * filled.transpose(2, 3) if masks else raw
-    return phi, lambda grad: backward(x, raw, grad * filled.transpose(2, 3) if masks else grad)
+    return without_empty_blocks(raw, filled), lambda grad: backward(x, raw, without_empty_blocks(grad, filled))
 
 
 class StateAttention(torch.autograd.Function):
@@ -57,7 +60,7 @@ class StateAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k_mean, v_mean, filled, feature_map, eps, divide):
-        phi_k = _features(feature_map, k_mean, filled)
+        phi_k = block_features(feature_map, k_mean, filled)
         summary = phi_k.transpose(2, 3) @ v_mean  # (B, h, F, Dv)
         phi_q = feature_map(q)
         out = phi_q @ summary
