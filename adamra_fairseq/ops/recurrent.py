@@ -150,40 +150,59 @@ def _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay,
     return read, {"summary": summary, "scale": scale}
 
 
-def _block_weights(block_decay: Optional[torch.Tensor], blocks: int, dtype) -> Optional[torch.Tensor]:
-    """``(h, M)`` weights ``g^(M - j)`` of the complete blocks j = 0 .. M-1 seen from the open block."""
-    if block_decay is None:
+@lru_cache(maxsize=1024)
+def _block_exponents(rates: Tuple[int, ...], tokens: int, dtype, device) -> torch.Tensor:
+    """``(H, 1, M_1)``: after ``tokens`` tokens, ``M_h - j`` for block j < M_h = tokens // r_h of head h (the
+    power of its decay that block j weighs with, seen from the open block), M_1 the most blocks of any head."""
+    complete = torch.tensor([tokens // rate for rate in rates], dtype=dtype, device=device)
+    most = tokens // min(rates)
+    return (complete[:, None] - torch.arange(most, dtype=dtype, device=device)).unsqueeze(1)
+
+
+def _block_weights(block_decay: Optional[torch.Tensor], rates: Tuple[int, ...], tokens: int, dtype):
+    """``(H, 1, M_1)`` weights ``g_h^(M_h - j)`` of the complete blocks of every head after ``tokens`` tokens
+    (slice ``[first:end, :, :M_h]`` for a rate group); None without decay."""
+    if block_decay is None or tokens < min(rates):
         return None
-    exponents = torch.arange(blocks, 0, -1, dtype=dtype, device=block_decay.device)
-    return block_decay.to(dtype)[:, None] ** exponents
+    return block_decay.to(dtype)[:, None, None] ** _block_exponents(rates, tokens, dtype, block_decay.device)
 
 
 def _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay):
-    """The blocks form's read and its new ``position``, ``features{g}`` and ``values{g}``."""
+    """The blocks form's read and its new ``position``, ``features{g}`` and ``values{g}``.
+
+    Work shared by the rate groups (splitting, the decay weights) is done once for all heads, so that a
+    group costs a few products and, when its block completes, two concatenations.
+    """
     position = int(state["position"][0]) if state["position"].numel() else 0  # tokens before this one
+    ranges = head_ranges(rates)
+    sizes = [end - first for first, end, _ in ranges]
+    queries = phi_q.unsqueeze(-2).split(sizes, dim=1)  # (B, h, 1, F) per group
+    decay = _block_weights(block_decay, rates, position, phi_q.dtype)
+    storing = [(position + 1) % rate == 0 for _, _, rate in ranges]  # the group's open block is complete
+    if any(storing):
+        new_features = phi_own.unsqueeze(2).split(sizes, dim=1)
+        new_values = own_v.unsqueeze(2).split(sizes, dim=1)
     new_state = {"position": state["position"] + 1}
     reads = []
-    for group, (first, end, rate) in enumerate(head_ranges(rates)):
+    for group, (first, end, _) in enumerate(ranges):
         features, values = state.get(f"features{group}"), state.get(f"values{group}")
-        read = own_read[:, first:end]
-        if features is not None:
-            weights = phi_q[:, first:end].unsqueeze(-2) @ features.transpose(-1, -2)  # (B, h, 1, M)
-            decay = _block_weights(
-                None if block_decay is None else block_decay[first:end], features.size(2), weights.dtype)
+        if features is None:
+            reads.append(own_read.new_zeros(own_read.size(0), end - first, 1, own_read.size(-1)))
+        else:
+            weights = queries[group] @ features.transpose(-1, -2)  # (B, h, 1, M)
             if decay is not None:
-                weights = weights * decay[None, :, None, :]
-            read = read + (weights @ values).squeeze(-2)
-        reads.append(read)
-        if (position + 1) % rate == 0:  # the open block is complete: store it
-            new_features = phi_own[:, first:end].unsqueeze(2)
-            new_values = own_v[:, first:end].unsqueeze(2)
-            if features is not None:
-                new_features = torch.cat([features, new_features], dim=2)
-                new_values = torch.cat([values, new_values], dim=2)
-            features, values = new_features, new_values
+                weights = weights * decay[first:end, :, :features.size(2)]
+            reads.append(weights @ values)
+        if storing[group]:
+            if features is None:
+                features, values = new_features[group], new_values[group]
+            else:
+                features = torch.cat([features, new_features[group]], dim=2)
+                values = torch.cat([values, new_values[group]], dim=2)
         if features is not None:
             new_state[f"features{group}"], new_state[f"values{group}"] = features, values
-    return (reads[0] if len(reads) == 1 else torch.cat(reads, dim=1)), new_state
+    stacked = reads[0] if len(reads) == 1 else torch.cat(reads, dim=1)
+    return own_read + stacked.squeeze(-2), new_state
 
 
 def _blocks_are_cheaper(state: State, rates: Tuple[int, ...], feature_dim: int, value_dim: int) -> bool:
@@ -199,17 +218,17 @@ def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Opti
     """The same state in the summary form: ``[S | z] = sum_j g^(M - j) phi(kbar_j) [vbar_j | 1]^T`` per head."""
     open_k, open_v = state["open_k"], state["open_v"]
     batch, heads, _ = open_k.shape
-    ranges = head_ranges(tuple(head_rates))
+    rates = tuple(int(rate) for rate in head_rates)
+    ranges = head_ranges(rates)
+    decay = _block_weights(block_decay, rates, int(state["position"][0]), open_k.dtype)
     summaries = []
     for group, (first, end, _) in enumerate(ranges):
         features, values = state.get(f"features{group}"), state.get(f"values{group}")
         if features is None:
             summaries.append(None)
             continue
-        decay = _block_weights(None if block_decay is None else block_decay[first:end], features.size(2),
-                               features.dtype)
         if decay is not None:
-            features = features * decay[None, :, :, None]
+            features = features * decay[first:end, :, :features.size(2)].transpose(-1, -2)
         summaries.append(features.transpose(-1, -2) @ values)
     shape = next(summary.shape for summary in summaries if summary is not None)
     summary = torch.cat([
