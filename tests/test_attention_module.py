@@ -396,29 +396,31 @@ def test_cross_attention_incremental_caches_and_reorders():
     assert torch.allclose(out2, full[2:3, new_order], atol=1e-10)
 
 
+@pytest.mark.parametrize("gradients", [True, False])
 @pytest.mark.parametrize("feature_map", ["elu", "dpfp2"])
-def test_self_attention_incremental_matches_parallel_with_reorder(feature_map):
+def test_self_attention_incremental_matches_parallel_with_reorder(feature_map, gradients):
     module = make_module(rates=(1, 3), chunk=6, feature_map=feature_map)
     x = torch.randn(10, 4, EMBED, dtype=torch.float64)
     parallel, _ = module(x, x, x, attn_mask=future_mask(10))
-    state = {}
-    rows = torch.arange(4)
-    for t in range(10):
-        if t == 2:  # the identity (greedy search) keeps the state as it is
-            kept = dict(module._get_input_buffer(state))
-            module.reorder_incremental_state(state, torch.arange(4))
-            assert all(module._get_input_buffer(state)[name] is tensor for name, tensor in kept.items())
-        if t == 4:  # beam reorder with duplication
-            order = torch.tensor([1, 1, 3, 0])
-            module.reorder_incremental_state(state, order)
-            rows = rows[order]
-        if t == 7:  # a finished sentence leaves the batch
-            order = torch.tensor([0, 2, 3])
-            module.reorder_incremental_state(state, order)
-            rows = rows[order]
-        step, _ = module(x[t : t + 1, rows], x[t : t + 1, rows], x[t : t + 1, rows], incremental_state=state)
-        if t < 4:
-            assert torch.allclose(step, parallel[t : t + 1, rows], atol=1e-10)
+    with torch.set_grad_enabled(gradients):  # without gradients the states are written in place
+        state = {}
+        rows = torch.arange(4)
+        for t in range(10):
+            if t == 2:  # the identity (greedy search) keeps the state as it is
+                kept = dict(module._get_input_buffer(state))
+                module.reorder_incremental_state(state, torch.arange(4))
+                assert all(module._get_input_buffer(state)[name] is tensor for name, tensor in kept.items())
+            if t == 4:  # beam reorder with duplication
+                order = torch.tensor([1, 1, 3, 0])
+                module.reorder_incremental_state(state, order)
+                rows = rows[order]
+            if t == 7:  # a finished sentence leaves the batch
+                order = torch.tensor([0, 2, 3])
+                module.reorder_incremental_state(state, order)
+                rows = rows[order]
+            step, _ = module(x[t : t + 1, rows], x[t : t + 1, rows], x[t : t + 1, rows], incremental_state=state)
+            if t < 4:
+                assert torch.allclose(step, parallel[t : t + 1, rows], atol=1e-10)
     # after reorders, rows are histories of other rows only where they were identical up to t:
     # check the final step of rows whose history was never mixed (row 3 kept its own history).
     assert torch.allclose(step[:, 1], parallel[9:10, 3], atol=1e-10)
@@ -444,6 +446,36 @@ def test_recurrent_state_size_is_bounded_and_constant_once_it_is_a_summary():
     # the heads (half at rate 1, half at rate 2) hold 20 / 9 blocks on average: (3 + 1) / 2 after 3 tokens,
     # (4 + 2) / 2 after 4
     assert switch == 3
+
+
+@pytest.mark.parametrize("routing", ["soft", "top1"])
+def test_gate_scaling_keeps_only_the_product_and_has_the_gradients_of_plain_multiplication(routing):
+    """scale_heads (modules/resolution_gate.py) keeps the scaled heads, which the output projection keeps
+    anyway, instead of the unscaled ones; its gradients for the heads and, through the gate, for the gate's
+    weights equal those of heads * scales, also where top-1 routing makes scales 0."""
+    from adamra_fairseq.modules.resolution_gate import ResolutionGate, scale_heads
+
+    torch.manual_seed(4)
+    gate = ResolutionGate(EMBED, 4, 2, routing=routing).double()
+    with torch.no_grad():
+        gate.proj.weight.normal_(std=0.5)
+    x = torch.randn(5, 3, EMBED, dtype=torch.float64)
+    heads = torch.randn(5, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 3, 8, 6, dtype=torch.float64)
+    parameters = [heads, gate.proj.weight, gate.proj.bias]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        scales = gate(x)
+        scaled = scale_heads(heads, scales)
+    assert not any(t.untyped_storage().data_ptr() == heads.untyped_storage().data_ptr() for t in saved)
+    actual = torch.autograd.grad(scaled, parameters, upstream)
+    expected = torch.autograd.grad(heads * gate(x).unsqueeze(-1), parameters, upstream)
+    assert torch.equal(scaled, heads * scales.unsqueeze(-1))
+    for got, want in zip(actual, expected):
+        assert torch.allclose(got, want, atol=1e-12)
+    if routing == "soft":  # every scale positive: the gradient check holds for the scales themselves too
+        positive = (torch.rand(5, 3, 8, dtype=torch.float64) + 0.1).requires_grad_()
+        assert torch.autograd.gradcheck(scale_heads, (heads, positive))
 
 
 def test_top1_balance_loss_is_the_switch_formula_and_has_gradients():

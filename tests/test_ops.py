@@ -233,6 +233,27 @@ def test_state_form_keeps_its_inputs_and_per_query_tensors_not_the_features():
     assert not any(t.size(-1) == features and t.size(-2) == length for t in saved)
 
 
+def test_state_form_keeps_compact_copies_of_views_into_a_larger_tensor():
+    """The module hands each rate group slices of one stacked q/k/v projection: what the state form keeps for
+    the backward pass must not be those views (they would keep the whole projection, including the keys and
+    values that pooling has made unnecessary, alive until the backward pass)."""
+    batch, heads, length, width = 2, 2, 12, 4
+    stacked = torch.randn(batch, 3 * heads, length, width, dtype=torch.float64, requires_grad=True)
+    q, k, v = stacked.split(heads, dim=1)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = bidirectional_attention(q, k, v, 1, feature_map=FEATURE_MAPS["hedgehog"], form="state")
+    assert saved and all(t.untyped_storage().data_ptr() != stacked.untyped_storage().data_ptr() for t in saved)
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in saved)
+    # and the gradients are those of the same op on separate tensors
+    upstream = torch.randn_like(out)
+    separate = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    reference = bidirectional_attention(*separate, 1, feature_map=FEATURE_MAPS["hedgehog"], form="state")
+    assert torch.equal(out, reference)
+    (grad_stacked,) = torch.autograd.grad(out, stacked, upstream)
+    assert torch.allclose(grad_stacked, torch.cat(torch.autograd.grad(reference, separate, upstream), dim=1))
+
+
 def test_recomputed_causal_op_passes_the_gradient_check_and_equals_the_naive_gradients():
     """ops/recompute.py around the chunked causal op: decay, several rates, two chunks."""
     q, k, v = (x.requires_grad_() for x in random_qkv(batch=2, heads=1, length=10, dim=3, seed=41))

@@ -50,7 +50,7 @@ from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
 from .options import AdaMRAOptions
 from .query_key_transform import QueryKeyTransform
-from .resolution_gate import ResolutionGate
+from .resolution_gate import ResolutionGate, scale_heads
 
 def causal_marker(device=None) -> Tensor:
     """An empty ``attn_mask`` that means "causal": AdaMRA decoders pass it instead of a T x T mask."""
@@ -218,11 +218,11 @@ class MultiResolutionAttention(nn.Module):
                 heads_out = self._parallel_self(q, k, v, key_padding_mask, attn_mask)
         if self.head_norm is not None:
             heads_out = self.head_norm(heads_out)
-        heads_out = heads_out.permute(2, 0, 1, 3)  # (T, B, H, D)
+        heads_out = heads_out.permute(2, 0, 1, 3).contiguous()  # (T, B, H, D)
         scales = self.gate(query)
         if scales is not None:
-            heads_out = heads_out * scales.unsqueeze(-1)
-        return self.out_proj(heads_out.reshape(tgt_len, batch, self.embed_dim)), None
+            heads_out = scale_heads(heads_out, scales)
+        return self.out_proj(heads_out.view(tgt_len, batch, self.embed_dim)), None
 
     def _keys_values(self, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor]:
         """Transformed per-head keys ``(B, H, S, N)`` and values ``(B, H, S, D)``."""

@@ -47,3 +47,33 @@ class ResolutionGate(nn.Module):
             probability = gate.reshape(-1, self.num_rates).mean(dim=0)
             self.balance_loss = self.num_rates * (fraction * probability).sum() if self.training else None
         return scales.repeat_interleave(self.heads_per_rate, dim=-1).to(x.dtype)
+
+
+class _ScaledHeads(torch.autograd.Function):
+    """``heads * scales`` keeping only the product and the scales for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, heads: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        product = heads * scales
+        ctx.save_for_backward(product, scales)
+        return product
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        product, scales = ctx.saved_tensors
+        # heads = product / scales where a scale is positive; where it is 0, so is the product, and the
+        # scale's gradient is taken as 0 (see scale_heads)
+        grad_scales = (grad * product).sum(dim=-1, keepdim=True) / torch.where(scales > 0, scales, 1.0)
+        return grad * scales, grad_scales
+
+
+def scale_heads(heads: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``heads`` ``(..., H, D)`` times the gate's ``scales`` ``(..., H)``, by head.
+
+    Autograd would keep ``heads`` to form the scales' gradient; this keeps the product instead, which the
+    output projection that reads it keeps anyway (pass a contiguous ``heads``, so that the product is the
+    tensor the projection sees). Exact wherever a scale is positive; a scale of exactly 0 (a rate that top-1
+    routing did not choose, or a soft gate probability that underflowed) gets gradient 0 where plain
+    multiplication would give ``sum(grad * heads)``, which the gate's own backward pass multiplies by 0.
+    """
+    return _ScaledHeads.apply(heads, scales.unsqueeze(-1))

@@ -7,7 +7,9 @@ For one group of heads (queries q, pooled keys kbar, pooled values vbar):
 Autograd would keep every intermediate for the backward pass: phi(q) and
 phi(kbar) (F = 2N wide for Hedgehog features), the values with their column
 of ones, the numerator. :class:`StateAttention` keeps only its inputs, the
-``(F, Dv)`` summary S, z, the denominator d and the output o, and recomputes
+``(F, Dv)`` summary S, z, the denominator d and the output o (inputs that are
+views into a larger tensor, such as one group's slice of the stacked q/k/v
+projection, as compact copies, so that the larger tensor can be freed), and recomputes
 phi(q) and phi(kbar) in the backward pass (an elementwise map, far cheaper
 than the products). With ``g = dL/do``:
 
@@ -55,6 +57,14 @@ def _features_with_backward(feature_map: FeatureMap, x: torch.Tensor, filled: Op
     return without_empty_blocks(raw, filled), lambda grad: backward(x, raw, without_empty_blocks(grad, filled))
 
 
+def compact(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a copy of it when it is a view into a larger storage (e.g. one head group's slice of the
+    stacked q/k/v projection): what a backward pass keeps should not keep the whole storage alive."""
+    if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+        return x.clone(memory_format=torch.contiguous_format)
+    return x
+
+
 class StateAttention(torch.autograd.Function):
     """``phi(q) S / (phi(q) z + eps)`` from q ``(B, h, T, N)``, kbar ``(B, h, M, N)``, vbar ``(B, h, M, Dv)``."""
 
@@ -70,7 +80,8 @@ class StateAttention(torch.autograd.Function):
             normaliser = (phi_q @ sums.unsqueeze(-1)) + eps  # d: (B, h, T, 1)
             out = out / normaliser
         ctx.feature_map, ctx.divide = feature_map, divide
-        ctx.save_for_backward(q, k_mean, v_mean, filled, summary, sums, normaliser, out if divide else None)
+        ctx.save_for_backward(compact(q), compact(k_mean), compact(v_mean), filled, summary, sums, normaliser,
+                              out if divide else None)
         return out
 
     @staticmethod
