@@ -83,11 +83,6 @@ def _causal_group(q: Tensor, k: Tensor, v: Tensor, block_decay: Optional[Tensor]
     return causal_attention(q, k, v, block_decay=block_decay, **options)
 
 
-def _run(op, *tensors, **options) -> Tensor:
-    """``op(*tensors, **options)``: autograd keeps what the op's own steps keep."""
-    return op(*tensors, **options)
-
-
 @with_incremental_state
 class MultiResolutionAttention(nn.Module):
     """Multi-resolution, query-adaptive kernel attention.
@@ -277,10 +272,10 @@ class MultiResolutionAttention(nn.Module):
             out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay)
         else:
             decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
-            run = recomputed if self.options.recompute == "causal" else _run
             out = torch.cat([
-                run(_causal_group, qg, kg, vg, group_decay, rate=rate, chunk_size=self.options.chunk_size,
-                    feature_map=self.feature_map, eps=self.eps, divide=self.divide)
+                recomputed(_causal_group, qg, kg, vg, group_decay, enabled=self.options.recompute == "causal",
+                           rate=rate, chunk_size=self.options.chunk_size, feature_map=self.feature_map, eps=self.eps,
+                           divide=self.divide)
                 for qg, kg, vg, rate, group_decay in zip(
                     self._groups(q), self._groups(k), self._groups(v), self.rates, decays)
             ], dim=1)
