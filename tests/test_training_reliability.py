@@ -1,13 +1,15 @@
 """Determinism, resume after SIGKILL, and 2-rank gloo training against one process."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
-import adamra_fairseq  # noqa: F401  (safe-loader allow list for fairseq checkpoints)
+import adamra_fairseq  # noqa: F401  (safe-loader allow list, atomic checkpoint copies)
 
 from conftest import REPO_ROOT, TINY_MODEL_FLAGS, command_env, run
 
@@ -35,6 +37,30 @@ def test_same_seed_gives_identical_checkpoints(tiny_data_bin, tmp_path):
     for name in ("a", "b"):
         run(["bash", TRAIN, tiny_data_bin, str(tmp_path / name), *COMMON, "--max-update", "10", "--dropout", "0.1"])
     assert_same_parameters(tmp_path / "a" / "checkpoint_last.pt", tmp_path / "b" / "checkpoint_last.pt")
+
+
+def test_an_interrupted_copy_to_checkpoint_last_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """fairseq copies each saved checkpoint to checkpoint_last.pt; a process that dies during that copy must
+    leave the previous checkpoint_last.pt complete (the plugin routes the copy through NAME.tmp and a rename)."""
+    from fairseq import checkpoint_utils
+
+    source, target = tmp_path / "checkpoint_1_6.pt", tmp_path / "checkpoint_last.pt"
+    source.write_bytes(b"new" * 1000)
+    target.write_bytes(b"old" * 1000)
+
+    def dies_half_way(src, dst):
+        with open(dst, "wb") as handle:
+            handle.write(b"ne")
+        raise KeyboardInterrupt  # the process is killed in the middle of the copy
+
+    monkeypatch.setattr(shutil, "copyfile", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_utils.PathManager.copy(str(source), str(target), overwrite=True)
+    assert target.read_bytes() == b"old" * 1000
+    monkeypatch.undo()
+    assert checkpoint_utils.PathManager.copy(str(source), str(target), overwrite=True)
+    assert target.read_bytes() == source.read_bytes() and not (tmp_path / "checkpoint_last.pt.tmp").exists()
+    assert not checkpoint_utils.PathManager.copy(str(tmp_path / "checkpoint_last.pt"), str(source))  # no overwrite
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data_bin, tmp_path):
