@@ -15,8 +15,9 @@ import shutil
 
 
 def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-    """Copies ``src_path`` to ``dst_path`` by way of ``dst_path + ".tmp"`` and a rename (True on success); like
-    fairseq's ``PathManager.copy``, an existing target is replaced only with ``overwrite``."""
+    """Copies ``src_path`` to ``dst_path`` by way of ``dst_path + ".tmp"`` and a rename (True on success); as with
+    iopath's copy (what fairseq's ``PathManager.copy`` calls when iopath is installed; fairseq's own callers all
+    pass ``overwrite=True``), an existing target is replaced only with ``overwrite``."""
     if os.path.exists(dst_path) and not overwrite:
         return False
     partial = dst_path + ".tmp"

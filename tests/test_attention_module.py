@@ -402,7 +402,7 @@ def test_self_attention_incremental_matches_parallel_with_reorder(feature_map, g
     module = make_module(rates=(1, 3), chunk=6, feature_map=feature_map)
     x = torch.randn(10, 4, EMBED, dtype=torch.float64)
     parallel, _ = module(x, x, x, attn_mask=future_mask(10))
-    with torch.set_grad_enabled(gradients):  # without gradients the states are written in place
+    with torch.set_grad_enabled(gradients):  # without gradients a summary-form state is written in place
         state = {}
         rows = torch.arange(4)
         for t in range(10):
