@@ -282,6 +282,18 @@ def test_stacked_self_projection_equals_three_projections_and_its_cache_follows_
     assert not torch.allclose(changed, before, atol=1e-6)
 
 
+def test_block_decay_is_kept_without_gradients_until_the_parameter_changes():
+    module = make_module(rates=(1, 2, 4, 8), causal_decay=True)
+    fresh = module.block_decay()  # with gradients: computed at every call, differentiable
+    assert fresh.requires_grad and module.block_decay() is not fresh
+    with torch.no_grad():
+        kept = module.block_decay()
+        assert torch.equal(kept, fresh) and module.block_decay() is kept
+        module.decay_logit.add_(1.0)  # in place, as an optimizer step
+        changed = module.block_decay()
+    assert torch.allclose(changed, module.block_decay()) and not torch.allclose(changed, kept)
+
+
 def test_taylor2_with_a_width_projects_first_and_keeps_dot_products_on_average():
     module = make_module(feature_map="taylor2", feature_dim=3)
     assert module.query_key.weight.shape == (HEADS, EMBED // HEADS, 3)
@@ -410,20 +422,16 @@ def test_self_attention_incremental_matches_parallel_with_reorder(feature_map, g
                 kept = dict(module._get_input_buffer(state))
                 module.reorder_incremental_state(state, torch.arange(4))
                 assert all(module._get_input_buffer(state)[name] is tensor for name, tensor in kept.items())
-            if t == 4:  # beam reorder with duplication
-                order = torch.tensor([1, 1, 3, 0])
-                module.reorder_incremental_state(state, order)
-                rows = rows[order]
-            if t == 7:  # a finished sentence leaves the batch
-                order = torch.tensor([0, 2, 3])
+            # beam reorders with duplication at 4, of the same size at 5 (without gradients into the buffers
+            # that the reorder at 4 left behind), a finished sentence leaving the batch at 7
+            orders = {4: [1, 1, 3, 0], 5: [0, 1, 3, 2], 6: [2, 3, 1, 0], 7: [0, 2, 3]}
+            if t in orders:
+                order = torch.tensor(orders[t])
                 module.reorder_incremental_state(state, order)
                 rows = rows[order]
             step, _ = module(x[t : t + 1, rows], x[t : t + 1, rows], x[t : t + 1, rows], incremental_state=state)
-            if t < 4:
-                assert torch.allclose(step, parallel[t : t + 1, rows], atol=1e-10)
-    # after reorders, rows are histories of other rows only where they were identical up to t:
-    # check the final step of rows whose history was never mixed (row 3 kept its own history).
-    assert torch.allclose(step[:, 1], parallel[9:10, 3], atol=1e-10)
+            # row i now carries the history of sentence rows[i] and reads its input: the parallel output
+            assert torch.allclose(step, parallel[t : t + 1, rows], atol=1e-10), t
 
 
 def test_recurrent_state_size_is_bounded_and_constant_once_it_is_a_summary():

@@ -13,6 +13,7 @@ from adamra_fairseq.ops.dense import bidirectional_dense, causal_dense, dense_is
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recompute import recomputed
+from adamra_fairseq.ops import recurrent
 from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
 
 TOL = 1e-9
@@ -356,6 +357,33 @@ def test_blocks_state_switches_once_to_the_summary_and_matches_naive_on_both_sid
     assert forms.index("summary") == 3 and set(forms[3:]) == {"summary"}
     with pytest.raises(ValueError, match="state form"):
         initial_state(batch, heads, dim, dim, q.dtype, q.device, form="dense")
+
+
+@pytest.mark.parametrize("rates", [[1, 2, 4, 4], [4, 1, 3, 2]])
+@pytest.mark.parametrize("decay", [None, [0.9, 0.5, 0.8, 0.3]])
+def test_blocks_written_in_place_match_naive_through_growth_and_the_switch(rates, decay):
+    """Decoding without gradients writes the open blocks into spare slots after the stored ones, and keeps
+    the complete ones there (grown when full, never past the most the blocks form stores): the outputs equal the naive reference before and after the capacity grows
+    and after the switch to the summary; rates 4, 1, 3, 2 complete blocks of heads that are not the first."""
+    batch, heads, dim, length = 2, 4, 8, 24
+    q, k, v = random_qkv(batch=batch, heads=heads, length=length, dim=dim, seed=32)
+    hedgehog = FEATURE_MAPS["hedgehog"]
+    block_decay = None if decay is None else torch.tensor(decay, dtype=torch.float64)
+    expected = naive_adamra_attention(q, k, v, rates, causal=True, feature_map=hedgehog, block_decay=decay)
+    most = recurrent._most_slots(tuple(rates), 2 * dim, dim)
+    state = initial_state(batch, heads, dim, dim, q.dtype, q.device, 2 * dim)
+    outputs, capacities = [], []
+    with torch.no_grad():
+        for t in range(length):
+            out, state = causal_step(q[:, :, t], k[:, :, t], v[:, :, t], state, rates, hedgehog,
+                                     block_decay=block_decay, in_place=True)
+            outputs.append(out)
+            if "features" in state:
+                capacities.append(state["features"].size(1))
+                assert state["values"].size(1) == capacities[-1] <= most + heads  # and a slot per open block
+    assert torch.allclose(torch.stack(outputs, dim=2), expected, atol=TOL)
+    assert capacities[0] == recurrent.FIRST_CAPACITY < capacities[-1]  # it grew
+    assert "summary" in state  # and switched
 
 
 def recurrent_state(q, k, v, rates, steps, block_decay):

@@ -45,7 +45,7 @@ from ..ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recompute import recomputed
-from ..ops.recurrent import causal_step, initial_state
+from ..ops.recurrent import causal_step, initial_state, reorder_state
 from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
 from .options import AdaMRAOptions
@@ -151,6 +151,7 @@ class MultiResolutionAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.gate = ResolutionGate(embed_dim, len(options.rates), self.heads_per_rate, options.routing)
         self._verified_mask: Optional[Tuple[int, Tuple[int, ...]]] = None
+        self._decay_cache: Optional[Tuple[Tuple[int, int], Tensor]] = None
         self._folded_cache: Optional[Tuple[Tuple[Tuple[int, int], ...], Tuple[Tensor, Tensor]]] = None
         self.reset_parameters()
 
@@ -285,7 +286,13 @@ class MultiResolutionAttention(nn.Module):
         """``(H,)`` decay per complete block of each head: ``gamma_h ^ rate_h`` (None without decay)."""
         if self.decay_logit is None:
             return None
-        return torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates)
+        if torch.is_grad_enabled():
+            return torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates)
+        # without gradients (generation: once per step and layer) kept until the parameter changes
+        signature = (self.decay_logit.data_ptr(), self.decay_logit._version)
+        if self._decay_cache is None or self._decay_cache[0] != signature:
+            self._decay_cache = (signature, torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates))
+        return self._decay_cache[1]
 
     def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
         if dense_is_cheaper(k.size(2), q.size(2)):
@@ -384,7 +391,7 @@ class MultiResolutionAttention(nn.Module):
         for position in range(q.size(2)):  # generation passes one position at a time
             out, state = causal_step(
                 q[:, :, position], k[:, :, position], v[:, :, position], state,
-                self.head_rates, self.feature_map, self.eps, self.divide, self.block_decay(), in_place,
+                self.rate_of_head, self.feature_map, self.eps, self.divide, self.block_decay(), in_place,
             )
             outputs.append(out.to(q.dtype).unsqueeze(2))
         self._set_input_buffer(incremental_state, state)
@@ -412,13 +419,16 @@ class MultiResolutionAttention(nn.Module):
             self.encoder_decoder_attention or torch.equal(new_order, torch.arange(rows, device=new_order.device))
         ):
             return incremental_state
-        if buffer:
+        if not buffer:
+            return incremental_state
+        if self.encoder_decoder_attention:
             reordered = {
                 name: tensor.index_select(0, new_order) if tensor is not None else None
                 for name, tensor in buffer.items()
             }
-            incremental_state = self._set_input_buffer(incremental_state, reordered)
-        return incremental_state
+        else:  # the recurrent state of decoder self-attention (reused buffers: only generation reorders it)
+            reordered = reorder_state(buffer, new_order, self.rate_of_head, reuse=not torch.is_grad_enabled())
+        return self._set_input_buffer(incremental_state, reordered)
 
     def balance_loss(self) -> Optional[Tensor]:
         """The gate's load-balancing loss of the last training forward (top1 routing), else None."""

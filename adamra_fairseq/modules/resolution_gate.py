@@ -46,7 +46,9 @@ class ResolutionGate(nn.Module):
             fraction = routed.reshape(-1, self.num_rates).mean(dim=0)
             probability = gate.reshape(-1, self.num_rates).mean(dim=0)
             self.balance_loss = self.num_rates * (fraction * probability).sum() if self.training else None
-        return scales.repeat_interleave(self.heads_per_rate, dim=-1).to(x.dtype)
+        if self.heads_per_rate > 1:
+            scales = scales.repeat_interleave(self.heads_per_rate, dim=-1)
+        return scales.to(x.dtype)
 
 
 class _ScaledHeads(torch.autograd.Function):
@@ -76,4 +78,6 @@ def scale_heads(heads: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     routing did not choose, or a soft gate probability that underflowed) gets gradient 0 where plain
     multiplication would give ``sum(grad * heads)``, which the gate's own backward pass multiplies by 0.
     """
+    if not (torch.is_grad_enabled() and (heads.requires_grad or scales.requires_grad)):
+        return heads * scales.unsqueeze(-1)  # nothing to keep (generation, validation)
     return _ScaledHeads.apply(heads, scales.unsqueeze(-1))

@@ -2,11 +2,20 @@
 
 The state has two forms, which give the same numbers:
 
-* **blocks** (where decoding starts): per rate group the complete blocks'
-  features ``phi(kbar)`` ``(B, h, M, F)`` and ``[vbar | 1]`` ``(B, h, M, Dv + 1)``,
-  a key/value cache pooled by the group's rate; a step reads them with the
-  quadratic form ``(phi(q) phi(kbar)^T) [vbar | 1]``. It grows by one block
-  per r tokens.
+* **blocks** (where decoding starts): the complete blocks of every head,
+  one slot each, in the order they completed: their features ``phi(kbar)``
+  ``features`` ``(B, C, F)`` and ``[vbar | 1]`` ``values`` ``(B, C, Dv + 1)``,
+  a key/value cache pooled by each head's rate. The first
+  ``S = sum_h position // r_h`` slots are stored; which head owns a slot and
+  how far back its block lies follow from the position and the rates alone
+  (:func:`slot_weights`). A step reads them for all heads at once with
+  ``((phi(q) phi(kbar)^T) * W) [vbar | 1]``, where the ``(H, S)`` matrix W
+  holds each head's decay weights on its own slots and 0 on the others':
+  two products however many rate groups there are. It grows by one slot per
+  head every r_h tokens. Decoding without gradients (``in_place``) writes
+  new slots into spare capacity at the end of these tensors (doubled when
+  full, up to what the form ever stores), so a step does not copy the stored
+  slots; the rest is uninitialised and never read.
 * **summary**: per head the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
   see ``bidirectional.with_ones``), kept as a scale times a matrix so that a
   decay multiplies only the scale; a step reads ``phi(q) [S | z]``. Its size
@@ -28,13 +37,13 @@ axis, so beam search can reorder it with ``index_select(0, new_order)``.
 All rows of a state are at the same position (each call advances every row).
 """
 
+import math
 from functools import lru_cache
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .bidirectional import accumulation_dtype, cached_blocks_are_cheaper, normalise, with_ones
-from .dense import rate_groups
 from .feature_maps import FeatureMap, elu_plus_one
 
 State = Dict[str, torch.Tensor]
@@ -64,16 +73,6 @@ def initial_state(
     return state
 
 
-@lru_cache(maxsize=None)
-def head_ranges(rates: Tuple[int, ...]) -> Tuple[Tuple[int, int, int], ...]:
-    """``(first head, end head, rate)`` of each run of consecutive heads with the same rate (a rate group)."""
-    ranges, first = [], 0
-    for rate, heads in rate_groups(rates):
-        ranges.append((first, first + heads, rate))
-        first += heads
-    return tuple(ranges)
-
-
 def causal_step(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -94,39 +93,54 @@ def causal_step(
         q, k: ``(B, H, D)``; v: ``(B, H, Dv)``, the newest position.
         state: from :func:`initial_state` or a previous step; not modified unless ``in_place``.
         head_rates: ``(H,)``, the rate of each head.
-        in_place: summary form: fold complete blocks into ``state["summary"]`` in place, touching only the
-            heads where a block completes (decoding without gradients: the largest tensor of the state is
-            then neither copied nor rewritten at every step).
+        in_place: decoding without gradients: the largest tensors of the state are neither copied nor
+            rewritten at every step. Summary form: complete blocks are folded into ``state["summary"]`` in
+            place, touching only the heads where a block completes; blocks form: complete blocks are written
+            into spare capacity of ``features`` and ``values``.
     Returns:
         ``(out (B, H, Dv) in q's dtype, new state)``.
     """
     acc = state["open_k"].dtype
     if q.dtype != acc:
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    rates = tuple(int(rate) for rate in (head_rates.tolist() if torch.is_tensor(head_rates) else head_rates))
     open_k = state["open_k"] + k
     open_v = state["open_v"] + with_ones(v)  # last entry: tokens in the open block
     count = open_v[..., -1:]
-    phi_own = feature_map(open_k / count)
     own_v = open_v / count  # [mean v, 1]
-    phi_q = feature_map(q)
-    own_read = (phi_q * phi_own).sum(dim=-1, keepdim=True) * own_v
-    rate_of_head = torch.as_tensor(head_rates, device=q.device)
-    complete = count == rate_of_head.to(acc)[None, :, None]  # (B, H, 1): the open block is full
-    open_sums = {"open_k": open_k.masked_fill(complete, 0.0), "open_v": open_v.masked_fill(complete, 0.0)}
-    if "summary" in state:  # needs the rates only as a tensor: no copy to the host at every step
-        read, new_state = _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay, in_place)
-        return normalise(read, eps, divide), {**new_state, **open_sums}
-    rates = tuple(int(rate) for rate in rate_of_head.tolist())
-    read, new_state = _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay)
-    new_state.update(open_sums)
-    if not _blocks_are_cheaper(new_state, rates, phi_q.size(-1), own_v.size(-1) - 1):
+    features = feature_map(torch.stack([q, open_k / count], dim=2))  # one call for phi(q) and phi(mean k)
+    phi_q, phi_own = features[:, :, 0], features[:, :, 1]
+    if "summary" in state:  # the summary form keeps no position: the counts say which blocks complete
+        complete = count == _rate_column(rates, acc, q.device)  # (B, H, 1): the open block is full
+        read, new_state = _summary_step(phi_q, phi_own, own_v, complete, state, block_decay, in_place)
+        return normalise(read, eps, divide), {**new_state, **_restarted(open_k, open_v, complete)}
+    position = _position(state)  # tokens before this one
+    completing = _completing_heads(rates, position + 1, q.device)
+    read, new_state = _blocks_step(phi_q, phi_own, own_v, state, rates, position, completing, block_decay, in_place)
+    new_state.update(_restarted(open_k, open_v, None if completing is None else completing.mask))
+    if not _blocks_are_cheaper(rates, position + 1, phi_q.size(-1), own_v.size(-1) - 1):
         new_state = blocks_to_summary(new_state, rates, block_decay)
     return normalise(read, eps, divide), new_state
 
 
-def _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay, in_place):
+def _restarted(open_k: torch.Tensor, open_v: torch.Tensor, complete: Optional[torch.Tensor]) -> State:
+    """The open sums after a step: 0 in the heads (and rows) where ``complete`` ``(B or 1, H, 1)`` says the
+    block was stored (None: none was)."""
+    if complete is None:
+        return {"open_k": open_k, "open_v": open_v}
+    return {"open_k": open_k.masked_fill(complete, 0.0), "open_v": open_v.masked_fill(complete, 0.0)}
+
+
+@lru_cache(maxsize=None)
+def _rate_column(rates: Tuple[int, ...], dtype, device) -> torch.Tensor:
+    """``(1, H, 1)``: the rate of each head."""
+    return torch.tensor(rates, dtype=dtype, device=device)[None, :, None]
+
+
+def _summary_step(phi_q, phi_own, own_v, complete, state, block_decay, in_place):
     """The summary form's read and its new ``summary`` and ``scale``."""
     scale = state["scale"]  # (B, H, 1): the complete blocks' [S | z] is scale * state["summary"]
+    own_read = (phi_q * phi_own).sum(dim=-1, keepdim=True) * own_v
     read = scale * (phi_q.unsqueeze(-2) @ state["summary"]).squeeze(-2) + own_read
     # [S | z] <- g ([S | z] + phi(kbar) [vbar | 1]^T) where the block completes (g = 1 without decay), else
     # unchanged. The decay goes into the scale, so the stored matrix is touched once, by the outer product.
@@ -150,68 +164,184 @@ def _summary_step(phi_q, phi_own, own_v, own_read, complete, state, block_decay,
     return read, {"summary": summary, "scale": scale}
 
 
+def _stored_slots(rates: Tuple[int, ...], tokens: int) -> int:
+    """How many slots the blocks form stores after ``tokens`` tokens: ``sum_h tokens // r_h``."""
+    return sum(tokens // rate for rate in rates)
+
+
 @lru_cache(maxsize=1024)
-def _block_exponents(rates: Tuple[int, ...], tokens: int, dtype, device) -> torch.Tensor:
-    """``(H, 1, M_1)``: after ``tokens`` tokens, ``M_h - j`` for block j < M_h = tokens // r_h of head h (the
-    power of its decay that block j weighs with, seen from the open block), M_1 the most blocks of any head."""
-    complete = torch.tensor([tokens // rate for rate in rates], dtype=dtype, device=device)
-    most = tokens // min(rates)
-    return (complete[:, None] - torch.arange(most, dtype=dtype, device=device)).unsqueeze(1)
+def _slot_owners(rates: Tuple[int, ...], tokens: int) -> Tuple[Tuple[int, int], ...]:
+    """``(head, block index)`` of each slot of the blocks form after ``tokens`` tokens, in slot order."""
+    return tuple((head, end // rate - 1) for end in range(1, tokens + 1)
+                 for head, rate in enumerate(rates) if end % rate == 0)
 
 
-def _block_weights(block_decay: Optional[torch.Tensor], rates: Tuple[int, ...], tokens: int, dtype):
-    """``(H, 1, M_1)`` weights ``g_h^(M_h - j)`` of the complete blocks of every head after ``tokens`` tokens
-    (slice ``[first:end, :, :M_h]`` for a rate group); None without decay."""
-    if block_decay is None or tokens < min(rates):
-        return None
-    return block_decay.to(dtype)[:, None, None] ** _block_exponents(rates, tokens, dtype, block_decay.device)
+@lru_cache(maxsize=1024)
+def _slot_exponents(rates: Tuple[int, ...], tokens: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(owned, exponents)``, each ``(H, S + H)`` after ``tokens`` tokens, for the S stored slots and then one
+    slot per head holding its open block: 1 where head h owns slot s, else 0; and ``M_h - j`` for head h's
+    block j (``M_h = tokens // r_h``; 0 for the open block), the power of its decay that the block weighs
+    with from the open block, else 0."""
+    owners = _slot_owners(rates, tokens)
+    heads = len(rates)
+    owned = torch.zeros(heads, len(owners) + heads, dtype=dtype)
+    exponents = torch.zeros(heads, len(owners) + heads, dtype=dtype)
+    for slot, (head, block) in enumerate(owners):
+        owned[head, slot] = 1.0
+        exponents[head, slot] = tokens // rates[head] - block
+    owned[:, len(owners):] = torch.eye(heads, dtype=dtype)
+    return owned.to(device), exponents.to(device)
 
 
-def _blocks_step(phi_q, phi_own, own_v, own_read, state, rates, block_decay):
-    """The blocks form's read and its new ``position``, ``features{g}`` and ``values{g}``.
+def slot_weights(block_decay: Optional[torch.Tensor], rates: Tuple[int, ...], tokens: int, dtype,
+                 device) -> torch.Tensor:
+    """``W`` ``(H, S + H)`` after ``tokens`` tokens (for the S stored slots, then the H open blocks):
+    ``g_h^(M_h - j)`` where head h owns slot s (its block j), 1 without decay and for its open block, and 0 on
+    the slots of other heads."""
+    owned, exponents = _slot_exponents(rates, tokens, dtype, device)
+    if block_decay is None:
+        return owned
+    return block_decay.to(dtype)[:, None] ** exponents * owned
 
-    Work shared by the rate groups (splitting, the decay weights) is done once for all heads, so that a
-    group costs a few products and, when its block completes, two concatenations.
+
+@lru_cache(maxsize=None)
+def _most_slots(rates: Tuple[int, ...], feature_dim: int, value_dim: int) -> int:
+    """The most slots a blocks-form state ever stores: its size after the last step before it becomes a
+    summary (:func:`_blocks_are_cheaper`)."""
+    tokens = 1
+    while _blocks_are_cheaper(rates, tokens, feature_dim, value_dim):
+        tokens += 1
+    return _stored_slots(rates, tokens)
+
+
+def _position(state: State) -> int:
+    """The tokens a blocks-form state has seen (every row has seen as many)."""
+    return int(state["position"][0]) if state["position"].numel() else 0
+
+
+def _blocks_step(phi_q, phi_own, own_v, state, rates, position, completing, block_decay, in_place):
+    """The blocks form's read and its new ``position``, ``features`` and ``values`` (``position``: the
+    tokens before this one; ``completing``: :func:`_completing_heads` after it).
+
+    The open blocks are read as H more slots after the stored ones, each weighing 1 for its own head only;
+    decoding in place writes them there, and the heads whose block completes keep theirs as stored slots.
     """
-    position = int(state["position"][0]) if state["position"].numel() else 0  # tokens before this one
-    ranges = head_ranges(rates)
-    sizes = [end - first for first, end, _ in ranges]
-    queries = phi_q.unsqueeze(-2).split(sizes, dim=1)  # (B, h, 1, F) per group
-    decay = _block_weights(block_decay, rates, position, phi_q.dtype)
-    storing = [(position + 1) % rate == 0 for _, _, rate in ranges]  # the group's open block is complete
-    if any(storing):
-        new_features = phi_own.unsqueeze(2).split(sizes, dim=1)
-        new_values = own_v.unsqueeze(2).split(sizes, dim=1)
-    new_state = {"position": state["position"] + 1}
-    reads = []
-    for group, (first, end, _) in enumerate(ranges):
-        features, values = state.get(f"features{group}"), state.get(f"values{group}")
-        if features is None:
-            reads.append(own_read.new_zeros(own_read.size(0), end - first, 1, own_read.size(-1)))
+    heads = phi_q.size(1)
+    stored = _stored_slots(rates, position)
+    new_state = {name: state[name] for name in ("spare_features", "spare_values") if name in state}
+    new_state["position"] = state["position"] + 1
+    if in_place:
+        capacity = _most_slots(rates, phi_own.size(-1), own_v.size(-1) - 1) + heads
+        features = _with_room(state.get("features"), stored, heads, capacity, phi_own)
+        values = _with_room(state.get("values"), stored, heads, capacity, own_v)
+        features[:, stored:stored + heads] = phi_own
+        values[:, stored:stored + heads] = own_v
+        read_features, read_values = features[:, :stored + heads], values[:, :stored + heads]
+    else:  # autograd may need every earlier tensor: new ones, of exact size
+        read_features, read_values = phi_own, own_v
+        if stored:
+            read_features = torch.cat([state["features"][:, :stored], phi_own], dim=1)
+            read_values = torch.cat([state["values"][:, :stored], own_v], dim=1)
+    weights = (phi_q @ read_features.transpose(1, 2)) * slot_weights(
+        block_decay, rates, position, phi_q.dtype, phi_q.device)  # (B, H, S + H)
+    read = weights @ read_values
+    if in_place:
+        if completing is not None and not completing.first:  # move the completing heads' blocks to the front
+            features[:, stored:stored + completing.count] = features[:, stored:stored + heads][:, completing.indices]
+            values[:, stored:stored + completing.count] = values[:, stored:stored + heads][:, completing.indices]
+        new_state["features"], new_state["values"] = features, values
+    elif completing is not None:
+        kept = stored + completing.count
+        if completing.first:
+            new_state["features"], new_state["values"] = read_features[:, :kept], read_values[:, :kept]
         else:
-            weights = queries[group] @ features.transpose(-1, -2)  # (B, h, 1, M)
-            if decay is not None:
-                weights = weights * decay[first:end, :, :features.size(2)]
-            reads.append(weights @ values)
-        if storing[group]:
-            if features is None:
-                features, values = new_features[group], new_values[group]
-            else:
-                features = torch.cat([features, new_features[group]], dim=2)
-                values = torch.cat([values, new_values[group]], dim=2)
-        if features is not None:
-            new_state[f"features{group}"], new_state[f"values{group}"] = features, values
-    stacked = reads[0] if len(reads) == 1 else torch.cat(reads, dim=1)
-    return own_read + stacked.squeeze(-2), new_state
+            new_state["features"] = torch.cat([read_features[:, :stored], phi_own[:, completing.indices]], dim=1)
+            new_state["values"] = torch.cat([read_values[:, :stored], own_v[:, completing.indices]], dim=1)
+    elif stored:
+        new_state["features"], new_state["values"] = state["features"], state["values"]
+    return read, new_state
 
 
-def _blocks_are_cheaper(state: State, rates: Tuple[int, ...], feature_dim: int, value_dim: int) -> bool:
-    """Whether the stored blocks (mean per head) still cost less to read than ``[S | z]`` would."""
-    stored = sum(
-        (end - first) * state[f"features{group}"].size(2)
-        for group, (first, end, _) in enumerate(head_ranges(rates)) if f"features{group}" in state
-    )
+class Completing(NamedTuple):
+    """The heads whose open block completes at a step: ``mask`` ``(1, H, 1)``, ``indices`` ``(c,)``, their
+    ``count`` c, and whether they are the ``first`` c heads (rates in increasing order, each dividing the next)."""
+    mask: torch.Tensor
+    indices: torch.Tensor
+    count: int
+    first: bool
+
+
+@lru_cache(maxsize=None)
+def _completing_on(rates: Tuple[int, ...], residue: int, device) -> Optional[Completing]:
+    """:func:`_completing_heads` by the residue of the token count modulo the rates' least common multiple."""
+    heads = [head for head, rate in enumerate(rates) if residue % rate == 0]
+    if not heads:
+        return None
+    mask = torch.zeros(1, len(rates), 1, dtype=torch.bool, device=device)
+    mask[0, heads] = True
+    return Completing(mask, torch.tensor(heads, device=device), len(heads), heads == list(range(len(heads))))
+
+
+def _completing_heads(rates: Tuple[int, ...], tokens: int, device) -> Optional[Completing]:
+    """The heads whose open block is complete after ``tokens`` tokens (whose rate divides it); None when no
+    head completes a block."""
+    return _completing_on(rates, tokens % math.lcm(*rates), device)
+
+
+# Slots a blocks-form state first makes room for when decoding writes them in place.
+FIRST_CAPACITY = 8
+
+
+def _with_room(slots: Optional[torch.Tensor], stored: int, extra: int, capacity: int,
+               like: torch.Tensor) -> torch.Tensor:
+    """``slots`` ``(B, C, W)`` (its first ``stored`` rows the stored slots; None if none), or a copy in a
+    larger buffer (doubled, at most ``capacity`` slots, so the stored slots are copied O(log S) times) when
+    fewer than ``extra`` rows are free after them. ``like`` ``(B, *, W)`` gives a new buffer's shape and dtype."""
+    needed = stored + extra
+    if slots is not None and slots.size(1) >= needed:
+        return slots
+    size = max(min(max(2 * stored, FIRST_CAPACITY), capacity), needed)
+    grown = like.new_empty(like.size(0), size, like.size(-1))
+    if stored:
+        grown[:, :stored] = slots[:, :stored]
+    return grown
+
+
+def _blocks_are_cheaper(rates: Tuple[int, ...], tokens: int, feature_dim: int, value_dim: int) -> bool:
+    """Whether the blocks stored after ``tokens`` tokens (mean per head) still cost less to read than
+    ``[S | z]`` would."""
+    stored = _stored_slots(rates, tokens)
     return cached_blocks_are_cheaper(stored / len(rates), feature_dim, value_dim, feature_dim)
+
+
+def reorder_state(state: State, new_order: torch.Tensor, head_rates: Sequence[int], reuse: bool = False) -> State:
+    """``state`` with its rows in ``new_order`` ``(B',)`` (beam search): ``index_select(0, new_order)`` of every
+    tensor, except that the blocks form copies only its stored slots.
+
+    With ``reuse`` (decoding without gradients, where nothing reads a state after it is reordered) the slots
+    are copied, with their spare capacity, into the buffers that the previous reorder left behind
+    (``spare_features``, ``spare_values``), and this state's buffers are left behind for the next: beam search
+    then moves the slots between two buffers per tensor instead of allocating (and the system zeroing) a
+    fresh one at every step.
+    """
+    reordered = {name: tensor.index_select(0, new_order) for name, tensor in state.items()
+                 if name not in ("features", "values", "spare_features", "spare_values")}
+    if "features" not in state:
+        return reordered
+    rates = tuple(int(rate) for rate in head_rates)
+    stored = _stored_slots(rates, _position(state))
+    for name in ("features", "values"):
+        slots = state[name]
+        if not reuse:
+            reordered[name] = slots[:, :stored].index_select(0, new_order)
+            continue
+        shape = (new_order.numel(),) + tuple(slots.shape[1:])
+        target = state.get("spare_" + name)
+        if target is None or tuple(target.shape) != shape:
+            target = slots.new_empty(shape)
+        torch.index_select(slots[:, :stored], 0, new_order, out=target[:, :stored])
+        reordered[name], reordered["spare_" + name] = target, slots
+    return reordered
 
 
 def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Optional[torch.Tensor] = None) -> State:
@@ -219,20 +349,13 @@ def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Opti
     open_k, open_v = state["open_k"], state["open_v"]
     batch, heads, _ = open_k.shape
     rates = tuple(int(rate) for rate in head_rates)
-    ranges = head_ranges(rates)
-    decay = _block_weights(block_decay, rates, int(state["position"][0]), open_k.dtype)
+    tokens = _position(state)
+    weights = slot_weights(block_decay, rates, tokens, open_k.dtype, open_k.device)  # (H, S + H): stored first
+    owners = torch.tensor([head for head, _ in _slot_owners(rates, tokens)], device=open_k.device)
     summaries = []
-    for group, (first, end, _) in enumerate(ranges):
-        features, values = state.get(f"features{group}"), state.get(f"values{group}")
-        if features is None:
-            summaries.append(None)
-            continue
-        if decay is not None:
-            features = features * decay[first:end, :, :features.size(2)].transpose(-1, -2)
-        summaries.append(features.transpose(-1, -2) @ values)
-    shape = next(summary.shape for summary in summaries if summary is not None)
-    summary = torch.cat([
-        summary if summary is not None else open_k.new_zeros(batch, end - first, *shape[2:])
-        for summary, (first, end, _) in zip(summaries, ranges)
-    ], dim=1)
-    return {"summary": summary, "scale": open_k.new_ones(batch, heads, 1), "open_k": open_k, "open_v": open_v}
+    for head in range(heads):  # one head at a time: its own slots only
+        slots = (owners == head).nonzero().flatten()
+        features = state["features"].index_select(1, slots) * weights[head, slots, None]
+        summaries.append(features.transpose(1, 2) @ state["values"].index_select(1, slots))
+    return {"summary": torch.stack(summaries, dim=1), "scale": open_k.new_ones(batch, heads, 1), "open_k": open_k,
+            "open_v": open_v}
