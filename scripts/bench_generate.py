@@ -60,6 +60,30 @@ def describe_adamra(settings):
     return " ".join([f"preset {settings['adamra_preset']}"] + flags)
 
 
+def add_random_batch_args(parser, sentences):
+    """``--size``, ``--sentences``, ``--length``, ``--vocab`` and AdaMRA's flags: both models on one batch of
+    random sentences (scripts/probe_saved_activations.py, scripts/profile_training.py)."""
+    parser.add_argument("--size", choices=("tiny", "small"), default="small")
+    parser.add_argument("--sentences", type=int, default=sentences, help="sentences in the batch")
+    parser.add_argument("--length", type=int, default=30, help="tokens per source and target sentence")
+    parser.add_argument("--vocab", type=int, default=8000)
+    add_adamra_args(parser)  # AdaMRA's settings (docs/method.md); default: the model's default
+
+
+def check_random_batch_args(parser, args):
+    if args.sentences < 1 or args.length < 2:
+        parser.error("--sentences must be at least 1 and --length at least 2")
+
+
+def random_batch(dictionary, sentences, length):
+    """``(source, target)``, each ``(sentences, length)`` random words (the source ending in eos), seed 0."""
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randint(dictionary.nspecial, len(dictionary), (sentences, length), generator=generator)
+    target = torch.randint(dictionary.nspecial, len(dictionary), (sentences, length), generator=generator)
+    source[:, -1] = dictionary.eos()
+    return source, target
+
+
 def build_model(kind, size, vocab, max_positions, adamra):
     """A fresh model and its dictionary; ``adamra`` (from :func:`adamra_settings`) sets AdaMRA's options."""
     from argparse import Namespace

@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 
 import torch  # noqa: E402
 
-from bench_generate import MODELS, adamra_settings, build_model, describe_adamra  # noqa: E402
-
-from adamra_fairseq.modules.options import add_adamra_args  # noqa: E402
+from bench_generate import (  # noqa: E402
+    MODELS, adamra_settings, add_random_batch_args, build_model, check_random_batch_args, describe_adamra, random_batch,
+)
 
 SOURCE_MARKERS = ("adamra_fairseq", os.sep + "fairseq" + os.sep, os.path.join("torch", "nn", "functional"))
 
@@ -58,15 +58,10 @@ def saved_bytes_by_line(model, source, target):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=("tiny", "small"), default="small")
-    parser.add_argument("--sentences", type=int, default=128, help="sentences in the batch")
-    parser.add_argument("--length", type=int, default=30, help="tokens per source and target sentence")
+    add_random_batch_args(parser, sentences=128)
     parser.add_argument("--top", type=int, default=12, help="lines shown per model")
-    parser.add_argument("--vocab", type=int, default=8000)
-    add_adamra_args(parser)  # AdaMRA's settings (docs/method.md); default: the model's default
     args = parser.parse_args()
-    if args.sentences < 1 or args.length < 2:
-        parser.error("--sentences must be at least 1 and --length at least 2")
+    check_random_batch_args(parser, args)
 
     import logging
 
@@ -79,11 +74,7 @@ def main():
     for kind in MODELS:
         model, dictionary = build_model(kind, args.size, args.vocab, args.length + 8, settings)
         model.train()
-        generator = torch.Generator().manual_seed(0)
-        shape = (args.sentences, args.length)
-        source = torch.randint(dictionary.nspecial, len(dictionary), shape, generator=generator)
-        target = torch.randint(dictionary.nspecial, len(dictionary), shape, generator=generator)
-        source[:, -1] = dictionary.eos()
+        source, target = random_batch(dictionary, args.sentences, args.length)
         by_line = saved_bytes_by_line(model, source, target)
         print(f"\n{kind}: {sum(by_line.values()) / 2**20:.0f} MB saved for the backward pass")
         for line, size in by_line.most_common(args.top):

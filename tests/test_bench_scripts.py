@@ -108,3 +108,18 @@ def test_profile_decode_times_and_profiles_beam_search(tiny_adamra_checkpoint, t
     no_subset = run([sys.executable, script, tiny_adamra_checkpoint, "--data-bin", tiny_data_bin, "--subset", "nope"],
                     check=False)
     assert no_subset.returncode == 2 and "has no subset 'nope'" in no_subset.stderr.strip().splitlines()[-1]
+
+
+def test_profile_training_times_each_part_of_both_models():
+    script = os.path.join(REPO_ROOT, "scripts", "profile_training.py")
+    result = run([sys.executable, script, "--size", "tiny", "--sentences", "3", "--length", "6", "--repeats", "1",
+                  "--rows", "4"])
+    rows = {name: (float(transformer), float(adamra)) for name, transformer, adamra in re.findall(
+        r"^\| (.+?) \(x\d+\) \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", result.stdout, re.M)}
+    assert set(rows) == {"whole step", "encoder self-attention", "decoder self-attention", "cross-attention",
+                         "  of which the attention op: encoder self-attention",
+                         "  of which the attention op: decoder self-attention"}, result.stdout
+    assert all(min(times) > 0 for times in rows.values())
+    assert "| the rest (" in result.stdout and "aten::" in result.stdout  # the operator table
+    bad = run([sys.executable, script, "--repeats", "0"], check=False)
+    assert bad.returncode == 2 and "must be positive" in bad.stderr.strip().splitlines()[-1]

@@ -1,0 +1,150 @@
+"""Where a training step's time goes at MT lengths: the transformer against AdaMRA, part by part.
+
+usage: python scripts/profile_training.py [--size small|tiny] [--sentences 136] [--length 30]
+                                          [--repeats 7] [--threads 1] [--rows 15] [--adamra-* ...]
+
+Builds both models with random weights (as scripts/probe_saved_activations.py
+does) and, on one batch of random sentences (``--sentences`` x ``--length``
+tokens on each side; the default is about the 4096-token batches of
+scripts/train.sh), times forward + backward of
+
+* the whole model (cross-entropy of random targets),
+* each attention module of the first layers alone, on random inputs of the
+  batch's shape: encoder self-attention, decoder self-attention (with the
+  decoder's future mask) and encoder-decoder attention; times the number of
+  layers, that estimates each part's share of the step,
+* the attention op inside the self-attention modules alone (after the
+  projections, before the output projection): AdaMRA's, and torch's fused
+  softmax attention (scaled_dot_product_attention), which fairseq's
+  MultiheadAttention calls in training when no attention weights are asked
+  for,
+
+fastest of ``--repeats``, the two models alternating within each repeat.
+Then ``torch.profiler``'s operators of AdaMRA's whole step that take the
+most time. Only relative numbers mean much: this machine's speed drifts, so
+compare the two columns of one run. scripts/bench_training.py gives the
+words/s of real fairseq-train runs.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+
+import torch  # noqa: E402
+
+from bench_generate import (  # noqa: E402
+    MODELS, adamra_settings, add_random_batch_args, build_model, check_random_batch_args, describe_adamra, random_batch,
+)
+
+from adamra_fairseq.modules.multires_attention import MultiResolutionAttention  # noqa: E402
+
+
+# Rows that time the attention op alone (q, k, v of the heads' shape in, the heads' outputs out): a part of
+# the module rows above them, not counted again in "the rest".
+CORE = "  of which the attention op: "
+
+
+def step_parts(model, source, lengths, prev_output, target, generator):
+    """``{part: (callable returning a scalar, layers it stands for)}`` for ``model``'s training step."""
+    steps, channels = source.size(1), model.encoder.embed_tokens.embedding_dim
+    hidden = torch.randn(steps, source.size(0), channels, generator=generator, requires_grad=True)
+    memory = torch.randn(steps, source.size(0), channels, generator=generator, requires_grad=True)
+    future = torch.triu(torch.full((steps, steps), float("-inf")), 1)
+    encoder_layer, decoder_layer = model.encoder.layers[0], model.decoder.layers[0]
+
+    def whole():
+        logits, _ = model(source, lengths, prev_output)
+        return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), target.view(-1))
+
+    encoder_attention, decoder_attention = encoder_layer.self_attn, decoder_layer.self_attn
+    heads, head_dim = encoder_attention.num_heads, channels // encoder_attention.num_heads
+    adamra = isinstance(encoder_attention, MultiResolutionAttention)
+    key_dim = encoder_attention.query_key.output_dim if adamra else head_dim  # q/k after AdaMRA's transform
+    q, k, v = (torch.randn(source.size(0), heads, steps, dim, generator=generator, requires_grad=True)
+               for dim in (key_dim, key_dim, head_dim))
+    if adamra:  # the op the module takes for this length
+        encoder_core = lambda: encoder_attention._bidirectional(q, k, v, None).sum()  # noqa: E731
+        decoder_core = lambda: decoder_attention._parallel_self(q, k, v, None, future).sum()  # noqa: E731
+    else:  # what fairseq's MultiheadAttention calls in training (no attention weights asked for)
+        encoder_core = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum()  # noqa: E731
+        decoder_core = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum()  # noqa: E731
+    return {
+        "whole step": (whole, 1),
+        "encoder self-attention": (lambda: encoder_attention(hidden, hidden, hidden)[0].sum(),
+                                   len(model.encoder.layers)),
+        "decoder self-attention": (lambda: decoder_attention(hidden, hidden, hidden, attn_mask=future)[0].sum(),
+                                   len(model.decoder.layers)),
+        "cross-attention": (lambda: decoder_layer.encoder_attn(hidden, memory, memory, static_kv=True)[0].sum(),
+                            len(model.decoder.layers)),
+        CORE + "encoder self-attention": (encoder_core, len(model.encoder.layers)),
+        CORE + "decoder self-attention": (decoder_core, len(model.decoder.layers)),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_random_batch_args(parser, sentences=136)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each part (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=15, help="operators shown in AdaMRA's profile")
+    args = parser.parse_args()
+    check_random_batch_args(parser, args)
+    if min(args.repeats, args.threads, args.rows) < 1:
+        parser.error("--repeats, --threads and --rows must be positive")
+
+    import logging
+
+    import adamra_fairseq  # noqa: F401  (registers the models)
+
+    logging.getLogger().setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    settings = adamra_settings(args)
+    print(f"forward + backward, {args.size} sizes, {args.sentences} sentences of {args.length} tokens, "
+          f"{args.threads} thread(s), fastest of {args.repeats}; AdaMRA {describe_adamra(settings)}")
+    parts = {}
+    for kind in MODELS:
+        model, dictionary = build_model(kind, args.size, args.vocab, args.length + 8, settings)
+        model.train()
+        source, target = random_batch(dictionary, args.sentences, args.length)
+        generator = torch.Generator().manual_seed(1)
+        prev_output = torch.cat([torch.full((args.sentences, 1), dictionary.eos()), target[:, :-1]], dim=1)
+        lengths = torch.full((args.sentences,), args.length)
+        parts[kind] = (model, step_parts(model, source, lengths, prev_output, target, generator))
+    times = {kind: {part: [] for part in model_parts} for kind, (_, model_parts) in parts.items()}
+    for _ in range(args.repeats + 1):  # the first round warms up
+        for kind, (model, model_parts) in parts.items():
+            for part, (forward, _) in model_parts.items():
+                model.zero_grad(set_to_none=True)
+                start = time.perf_counter()
+                forward().backward()
+                times[kind][part].append(time.perf_counter() - start)
+    best = {kind: {part: 1000 * min(seconds[1:]) for part, seconds in by_part.items()} for kind, by_part in times.items()}
+
+    print(f"\n| part (layers) | transformer ms | AdaMRA ms | AdaMRA / transformer |\n|---|---:|---:|---:|")
+    for part, (_, layers) in parts["adamra"][1].items():
+        base, ours = best["transformer"][part] * layers, best["adamra"][part] * layers
+        print(f"| {part} (x{layers}) | {base:.1f} | {ours:.1f} | {ours / base:.2f} |")
+    rest = {kind: by_part["whole step"] - sum(
+        by_part[part] * layers for part, (_, layers) in parts[kind][1].items()
+        if part != "whole step" and not part.startswith(CORE))
+        for kind, by_part in best.items()}
+    print(f"| the rest (embeddings, feed-forward blocks, norms, output layer, loss) | {rest['transformer']:.1f} | "
+          f"{rest['adamra']:.1f} | {rest['adamra'] / rest['transformer']:.2f} |")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    model, model_parts = parts["adamra"]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.zero_grad(set_to_none=True)
+        model_parts["whole step"][0]().backward()
+    print("\nAdaMRA's whole step by operator:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
