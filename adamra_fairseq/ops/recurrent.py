@@ -13,8 +13,8 @@ The state has two forms, which give the same numbers:
   holds each head's decay weights on its own slots and 0 on the others':
   two products however many rate groups there are. It grows by one slot per
   head every r_h tokens. Decoding without gradients (``in_place``) writes
-  new slots into spare capacity at the end of these tensors (doubled when
-  full, up to what the form ever stores), so a step does not copy the stored
+  new slots into spare capacity at the end of these tensors (grown by half
+  when full, up to what the form ever stores), so a step does not copy the stored
   slots; the rest is uninitialised and never read.
 * **summary**: per head the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
   see ``bidirectional.with_ones``), kept as a scale times a matrix so that a
@@ -288,19 +288,22 @@ def _completing_heads(rates: Tuple[int, ...], tokens: int, device) -> Optional[C
     return _completing_on(rates, tokens % math.lcm(*rates), device)
 
 
-# Slots a blocks-form state first makes room for when decoding writes them in place.
+# Slots a blocks-form state first makes room for when decoding writes them in place, and the factor (in
+# halves) by which a full buffer grows: 3/2 keeps at most a third of a buffer unused (beam search holds two
+# buffers per tensor) and copies the stored slots O(log S) times.
 FIRST_CAPACITY = 8
+GROWTH = 3
 
 
 def _with_room(slots: Optional[torch.Tensor], stored: int, extra: int, capacity: int,
                like: torch.Tensor) -> torch.Tensor:
     """``slots`` ``(B, C, W)`` (its first ``stored`` rows the stored slots; None if none), or a copy in a
-    larger buffer (doubled, at most ``capacity`` slots, so the stored slots are copied O(log S) times) when
+    larger buffer (1.5 times as large, at most ``capacity`` slots) when
     fewer than ``extra`` rows are free after them. ``like`` ``(B, *, W)`` gives a new buffer's shape and dtype."""
     needed = stored + extra
     if slots is not None and slots.size(1) >= needed:
         return slots
-    size = max(min(max(2 * stored, FIRST_CAPACITY), capacity), needed)
+    size = max(min(max(stored * GROWTH // 2, FIRST_CAPACITY), capacity), needed)
     grown = like.new_empty(like.size(0), size, like.size(-1))
     if stored:
         grown[:, :stored] = slots[:, :stored]
@@ -332,15 +335,17 @@ def reorder_state(state: State, new_order: torch.Tensor, head_rates: Sequence[in
     stored = _stored_slots(rates, _position(state))
     for name in ("features", "values"):
         slots = state[name]
-        if not reuse:
+        if torch.is_grad_enabled() and slots.requires_grad:  # autograd cannot write into a buffer
             reordered[name] = slots[:, :stored].index_select(0, new_order)
             continue
         shape = (new_order.numel(),) + tuple(slots.shape[1:])
-        target = state.get("spare_" + name)
+        target = state.get("spare_" + name) if reuse else None
         if target is None or tuple(target.shape) != shape:
             target = slots.new_empty(shape)
         torch.index_select(slots[:, :stored], 0, new_order, out=target[:, :stored])
-        reordered[name], reordered["spare_" + name] = target, slots
+        reordered[name] = target
+        if reuse:
+            reordered["spare_" + name] = slots
     return reordered
 
 
