@@ -8,14 +8,16 @@ The state has two forms, which give the same numbers:
   a key/value cache pooled by each head's rate. The first
   ``S = sum_h position // r_h`` slots are stored; which head owns a slot and
   how far back its block lies follow from the position and the rates alone
-  (:func:`slot_weights`). A step reads them for all heads at once with
-  ``((phi(q) phi(kbar)^T) * W) [vbar | 1]``, where the ``(H, S)`` matrix W
-  holds each head's decay weights on its own slots and 0 on the others':
+  (:func:`slot_weights`). A step reads them, and the open blocks as H more
+  slots after them, for all heads at once with
+  ``((phi(q) phi(kbar)^T) * W) [vbar | 1]``, where the ``(H, S + H)`` matrix
+  W holds each head's decay weights on its own slots and 0 on the others':
   two products however many rate groups there are. It grows by one slot per
   head every r_h tokens. Decoding without gradients (``in_place``) writes
-  new slots into spare capacity at the end of these tensors (grown by half
-  when full, up to what the form ever stores), so a step does not copy the stored
-  slots; the rest is uninitialised and never read.
+  the open blocks into spare capacity at the end of these tensors (grown by
+  half when full, up to what the form ever stores), where a completing one
+  stays, so a step does not copy the stored slots; the rest is
+  uninitialised and never read.
 * **summary**: per head the complete blocks as ``[S | z]`` (``(F, Dv + 1)``,
   see ``bidirectional.with_ones``), kept as a scale times a matrix so that a
   decay multiplies only the scale; a step reads ``phi(q) [S | z]``. Its size
@@ -29,11 +31,14 @@ and cheaper to read at sentence lengths (beam search copies the whole state
 at every step), the summary from some length on: a state switches once,
 when its blocks cost as much to read as the summary would
 (``bidirectional.cached_blocks_are_cheaper``, averaged over the heads). So
-the state never grows past about the summary's size, and work and memory
-per step are bounded by ``O(H * F * Dv)`` at every position.
+the state never grows past about the summary's size (about twice that when
+decoding in place under beam search: spare capacity, and a second buffer
+per tensor for the reorders), and work and memory per step are bounded by
+``O(H * F * Dv)`` at every position.
 
 The state is a dict of tensors whose first dimension is the batch (x beam)
-axis, so beam search can reorder it with ``index_select(0, new_order)``.
+axis, so beam search can reorder it with ``index_select(0, new_order)``;
+:func:`reorder_state` does so copying only the stored slots.
 All rows of a state are at the same position (each call advances every row).
 """
 
