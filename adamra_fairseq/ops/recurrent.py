@@ -108,7 +108,7 @@ def causal_step(
     acc = state["open_k"].dtype
     if q.dtype != acc:
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    rates = tuple(int(rate) for rate in (head_rates.tolist() if torch.is_tensor(head_rates) else head_rates))
+    rates = _rate_tuple(head_rates)
     open_k = state["open_k"] + k
     open_v = state["open_v"] + with_ones(v)  # last entry: tokens in the open block
     count = open_v[..., -1:]
@@ -134,6 +134,11 @@ def _restarted(open_k: torch.Tensor, open_v: torch.Tensor, complete: Optional[to
     if complete is None:
         return {"open_k": open_k, "open_v": open_v}
     return {"open_k": open_k.masked_fill(complete, 0.0), "open_v": open_v.masked_fill(complete, 0.0)}
+
+
+def _rate_tuple(head_rates: Union[torch.Tensor, Sequence[int]]) -> Tuple[int, ...]:
+    """The rate of each head as a tuple of ints (the key of the caches below)."""
+    return tuple(int(rate) for rate in (head_rates.tolist() if torch.is_tensor(head_rates) else head_rates))
 
 
 @lru_cache(maxsize=None)
@@ -336,8 +341,7 @@ def reorder_state(state: State, new_order: torch.Tensor, head_rates: Sequence[in
                  if name not in ("features", "values", "spare_features", "spare_values")}
     if "features" not in state:
         return reordered
-    rates = tuple(int(rate) for rate in head_rates)
-    stored = _stored_slots(rates, _position(state))
+    stored = _stored_slots(_rate_tuple(head_rates), _position(state))
     for name in ("features", "values"):
         slots = state[name]
         if torch.is_grad_enabled() and slots.requires_grad:  # autograd cannot write into a buffer
@@ -358,13 +362,13 @@ def blocks_to_summary(state: State, head_rates: Sequence[int], block_decay: Opti
     """The same state in the summary form: ``[S | z] = sum_j g^(M - j) phi(kbar_j) [vbar_j | 1]^T`` per head."""
     open_k, open_v = state["open_k"], state["open_v"]
     batch, heads, _ = open_k.shape
-    rates = tuple(int(rate) for rate in head_rates)
+    rates = _rate_tuple(head_rates)
     tokens = _position(state)
+    owned, _ = _slot_exponents(rates, tokens, open_k.dtype, open_k.device)
     weights = slot_weights(block_decay, rates, tokens, open_k.dtype, open_k.device)  # (H, S + H): stored first
-    owners = torch.tensor([head for head, _ in _slot_owners(rates, tokens)], device=open_k.device)
     summaries = []
-    for head in range(heads):  # one head at a time: its own slots only
-        slots = (owners == head).nonzero().flatten()
+    for head in range(heads):  # one head at a time: its own stored slots only
+        slots = owned[head, :-heads].nonzero().flatten()
         features = state["features"].index_select(1, slots) * weights[head, slots, None]
         summaries.append(features.transpose(1, 2) @ state["values"].index_select(1, slots))
     return {"summary": torch.stack(summaries, dim=1), "scale": open_k.new_ones(batch, heads, 1), "open_k": open_k,
