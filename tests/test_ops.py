@@ -13,7 +13,7 @@ from adamra_fairseq.ops.dense import bidirectional_dense, causal_dense, dense_is
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recompute import recomputed
-from adamra_fairseq.ops import recurrent
+from adamra_fairseq.ops import dense, recurrent
 from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
 
 TOL = 1e-9
@@ -605,6 +605,64 @@ def test_dense_forms_pass_the_gradient_check_with_pads_and_decay():
     assert torch.autograd.gradcheck(
         lambda q, k, v, g: causal_dense(q, k, v, rates, hedgehog, block_decay=g), (q, k, v, decay)
     )
+
+
+@pytest.mark.parametrize("name", ["elu", "relu", "hedgehog"])
+@pytest.mark.parametrize("divide", [True, False])
+def test_dense_backward_by_formula_gives_the_naive_references_gradients(name, divide):
+    """The hand-written backward passes (all rate groups at once, pads anywhere, a learned decay) against
+    autograd through the naive reference, float64; the formula path must be the one taken."""
+    feature_map = FEATURE_MAPS[name]
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=5, heads=len(MIXED_RATES), length=9, src_len=13, seed=28))
+    mask = pads_everywhere(13)
+    upstream = torch.randn(5, len(MIXED_RATES), 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = bidirectional_dense(q, k, v, MIXED_RATES, mask, feature_map, divide=divide)
+    assert type(out.grad_fn).__name__ == "_BidirectionalDenseBackward"
+    actual = torch.autograd.grad(out, (q, k, v), upstream)
+    expected_out = naive_adamra_attention(q, k, v, MIXED_RATES, mask, feature_map=feature_map, divide=divide)
+    expected = torch.autograd.grad(expected_out, (q, k, v), upstream)
+    for got, want in zip(actual, expected):
+        assert torch.allclose(got, want, atol=1e-9)
+
+    k_causal, v_causal = k[:, :, :9], v[:, :, :9]
+    decay = torch.tensor([0.9, 0.5, 0.99, 0.7, 0.8, 0.6], dtype=torch.float64, requires_grad=True)
+    out = causal_dense(q, k_causal, v_causal, MIXED_RATES, feature_map, divide=divide, block_decay=decay)
+    assert type(out.grad_fn).__name__ == "_CausalDenseBackward"
+    actual = torch.autograd.grad(out, (q, k, v, decay), upstream)
+    expected_out = naive_adamra_attention(q, k_causal, v_causal, MIXED_RATES, causal=True, feature_map=feature_map,
+                                          divide=divide, block_decay=decay.tolist())
+    expected = torch.autograd.grad(expected_out, (q, k, v), upstream)
+    for got, want in zip(actual, expected):
+        assert torch.allclose(got, want, atol=1e-9)
+    # the reference takes the decay as numbers: its gradient against autograd through the same forward pass
+    running, weight = dense.causal_matrices(9, MIXED_RATES, torch.float64, q.device, decay)
+    by_autograd = dense._causal_forward(q, k_causal, v_causal, running, weight, feature_map, 1e-6, divide)[0]
+    assert by_autograd.grad_fn is not None and "Dense" not in type(by_autograd.grad_fn).__name__
+    assert torch.allclose(actual[3], torch.autograd.grad(by_autograd, decay, upstream)[0], atol=1e-9)
+
+
+def test_dense_backward_by_formula_returns_gradients_in_the_inputs_dtype():
+    """bfloat16 inputs are computed in float32; gradients come back in bfloat16, close to float32's."""
+    q, k, v = random_qkv(batch=2, heads=4, length=8, dim=6, seed=29)
+    hedgehog = FEATURE_MAPS["hedgehog"]
+    for op in (lambda *x: bidirectional_dense(*x, [1, 2, 4, 4], None, hedgehog),
+               lambda *x: causal_dense(*x, [1, 2, 4, 4], hedgehog)):
+        wide = [x.float().requires_grad_() for x in (q, k, v)]
+        narrow = [x.bfloat16().requires_grad_() for x in (q, k, v)]
+        op(*wide).sum().backward()
+        out = op(*narrow)
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        for a, b in zip(narrow, wide):
+            assert a.grad.dtype == torch.bfloat16
+            assert torch.allclose(a.grad.float(), b.grad, atol=2e-2, rtol=2e-2)
+
+
+def test_dense_output_is_laid_out_time_major():
+    """The module turns ``(B, H, T, D)`` into ``(T, B, H, D)`` for the output projection: that must copy nothing."""
+    q, k, v = random_qkv(batch=2, heads=4, length=8, dim=6, seed=30)
+    for out in (bidirectional_dense(q, k, v, [1, 2, 4, 4]), causal_dense(q, k, v, [1, 2, 4, 4])):
+        assert out.permute(2, 0, 1, 3).is_contiguous()
 
 
 def test_dense_form_is_chosen_for_short_inputs_only():

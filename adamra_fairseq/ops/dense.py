@@ -23,15 +23,30 @@ Both are quadratic in the length (as softmax attention is), so the model
 takes them only for short inputs (:func:`dense_is_cheaper`) and the linear
 per-group ops beyond. Same numbers as those ops, up to rounding (tested
 against them and the naive reference).
+
+Training takes a backward pass written out by hand (:class:`_BidirectionalDense`,
+:class:`_CausalDense`) for the feature maps whose derivative is a formula of
+their output (Hedgehog's softmax pair, elu + 1, relu): it keeps the features,
+the scores, the row sums and the values, writes every group's gradients into
+whole tensors (autograd would split q, k and v by group and concatenate their
+gradients), and costs fewer, larger operations than autograd's graph. With
+x = phi(q) phi(k)^T times the weight W (filled blocks, the causal mask),
+w = x / (sum x + eps) per query and o = w v, for ``g = dL/do``:
+
+    dL/dw = g v^T,   dL/dv = w^T g,   dL/d(xW) = (dL/dw - <dL/dw, w>) / (sum x + eps),
+    dL/dphi(q) = (dL/d(xW) W) phi(k),   dL/dphi(k) = (dL/d(xW) W)^T phi(q),   dL/dW = dL/d(xW) x.
+
+Outputs are laid out time-major (:func:`heads_buffer`), as fairseq's output
+projection reads them.
 """
 
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from .bidirectional import accumulation_dtype, kernel_weights
-from .feature_maps import FeatureMap, elu_plus_one
+from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one
 from .pooling import block_count, pooling_matrix
 
 # Longest input (keys or queries) for which the model takes the dense form: on a 2-core CPU the dense
@@ -55,16 +70,118 @@ def rate_groups(head_rates: Sequence[int]) -> List[Tuple[int, int]]:
     return groups
 
 
-def weighted_read(weights: torch.Tensor, v: torch.Tensor, eps: float, divide: bool) -> torch.Tensor:
-    """``weights @ v`` ``(..., T, M) x (..., M, Dv)``, divided by the row sums of ``weights`` (+ eps) if
-    ``divide``: the weights are divided first when they are the smaller tensor (M <= Dv, MT sentences),
-    which costs less and keeps less for the backward pass."""
-    if not divide:
-        return weights @ v
-    normaliser = weights.sum(dim=-1, keepdim=True) + eps
-    if weights.size(-1) <= v.size(-1):
-        return (weights / normaliser) @ v
-    return (weights @ v) / normaliser
+def heads_buffer(batch: int, heads: int, length: int, width: int, dtype, device) -> torch.Tensor:
+    """An uninitialised ``(B, H, T, W)`` tensor laid out as ``(T, B, H, W)`` in memory: what fairseq's time-major
+    output projection reads, so that the module's ``permute(2, 0, 1, 3).contiguous()`` copies nothing."""
+    return torch.empty(length, batch, heads, width, dtype=dtype, device=device).permute(1, 2, 0, 3)
+
+
+def has_formula_backward(feature_map: FeatureMap) -> bool:
+    """Whether the dense forms can take their hand-written backward pass with ``feature_map``: its derivative is
+    a formula of its output (:data:`.feature_maps.FEATURE_MAP_BACKWARDS`) and the weights are built from its
+    features (not from q.k, as for the :data:`.feature_maps.DOT_PRODUCT_KERNELS`)."""
+    return feature_map in FEATURE_MAP_BACKWARDS and feature_map not in DOT_PRODUCT_KERNELS
+
+
+class ReadSaved(NamedTuple):
+    """What the backward pass of :func:`_read` needs: the features ``phi(q)`` ``(B, h, T, F)`` and ``phi(k)``
+    ``(B, h, M, F)``, the scores ``phi(q) phi(k)^T`` before the weight, the weight (None: 1), the row sums
+    of the weighted scores + eps (None without ``divide``) and the values ``(B, h, M, Dv)``."""
+    phi_q: Optional[torch.Tensor]
+    phi_k: Optional[torch.Tensor]
+    scores: torch.Tensor
+    weight: Optional[torch.Tensor]
+    normaliser: Optional[torch.Tensor]
+    values: torch.Tensor
+
+
+def _read(phi_q, phi_k, weight, values, eps, divide, dot_kernel=None, q=None, k=None):
+    """``(B, h, T, Dv)``: the scores ``phi(q) phi(k)^T`` times ``weight`` (1/0 for filled blocks, the causal mask;
+    None: 1), divided by their row sums + eps if ``divide`` (first when they are the smaller tensor, M <= Dv),
+    times ``values``; and its :class:`ReadSaved`. With a ``dot_kernel`` the scores come from ``q.k`` instead."""
+    scores = phi_q @ phi_k.transpose(-1, -2) if dot_kernel is None else kernel_weights(q, k, dot_kernel)
+    weighted = scores if weight is None else scores * weight
+    normaliser = weighted.sum(dim=-1, keepdim=True) + eps if divide else None
+    if normaliser is None:
+        out = weighted @ values
+    elif weighted.size(-1) <= values.size(-1):
+        out = (weighted / normaliser) @ values
+    else:
+        out = (weighted @ values) / normaliser
+    return out, ReadSaved(phi_q, phi_k, scores, weight, normaliser, values)
+
+
+def _read_backward(saved: ReadSaved, grad: torch.Tensor, weight_gradient: bool):
+    """Gradients of :func:`_read`'s output (``grad`` ``(B, h, T, Dv)``) with respect to ``phi(q)``, ``phi(k)``,
+    the values and (if ``weight_gradient``, else None) the weight, before any broadcast is summed."""
+    weighted = saved.scores if saved.weight is None else saved.scores * saved.weight
+    weights = weighted if saved.normaliser is None else weighted / saved.normaliser
+    d_weights = grad @ saved.values.transpose(-1, -2)
+    d_values = weights.transpose(-1, -2) @ grad
+    if saved.normaliser is not None:  # w = s / (sum s + eps): ds = (dw - <dw, w>) / (sum s + eps) per query
+        d_weights = (d_weights - (d_weights * weights).sum(dim=-1, keepdim=True)) / saved.normaliser
+    d_weight = d_weights * saved.scores if weight_gradient else None
+    d_scores = d_weights if saved.weight is None else d_weights * saved.weight
+    return d_scores @ saved.phi_k, d_scores.transpose(-1, -2) @ saved.phi_q, d_values, d_weight
+
+
+def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide):
+    """The dense bidirectional form: the output (a :func:`heads_buffer`, in q's dtype) and, per rate group,
+    ``(heads, pooling matrix or None, ReadSaved)``."""
+    acc = accumulation_dtype(q.dtype)
+    batch, heads, src_len, _ = k.shape
+    real = (torch.ones(batch, src_len, dtype=torch.bool, device=k.device) if key_padding_mask is None
+            else ~key_padding_mask)
+    token_filled = None if key_padding_mask is None else real[:, None, None, :].to(acc)  # rate 1: the real tokens
+    dot_kernel = feature_map if feature_map in DOT_PRODUCT_KERNELS else None
+    out = heads_buffer(batch, heads, q.size(2), v.size(-1), acc, q.device)
+    groups, first = [], 0
+    for rate, count in rate_groups(head_rates):
+        group = slice(first, first + count)
+        qg, kg, vg = q[:, group].to(acc), k[:, group].to(acc), v[:, group].to(acc)
+        pool, filled = None, token_filled
+        if rate > 1:
+            pool, filled = pooling_matrix(real, rate, block_count(src_len, rate), acc)
+            kg, vg = pool @ kg, pool @ vg
+        phi_q, phi_k = (None, None) if dot_kernel else (feature_map(qg), feature_map(kg))
+        out[:, group], saved = _read(phi_q, phi_k, filled, vg, eps, divide, dot_kernel, qg, kg)
+        groups.append((group, pool, saved))
+        first += count
+    return out.to(q.dtype), groups
+
+
+class _BidirectionalDense(torch.autograd.Function):
+    """:func:`_bidirectional_forward` with a backward pass by formula: every group's gradients are written into
+    whole ``(B, H, ., .)`` tensors (autograd would split the inputs by group and concatenate the gradients), and
+    only the features, scores, normalisers and pooled values are kept."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, head_rates, key_padding_mask, feature_map, eps, divide):
+        out, groups = _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide)
+        ctx.save_for_backward(*(tensor for _, pool, saved in groups for tensor in (pool, *saved)))
+        ctx.groups = [group for group, _, _ in groups]
+        ctx.feature_map, ctx.inputs = feature_map, [(x.shape, x.dtype) for x in (q, k, v)]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        feature_backward = FEATURE_MAP_BACKWARDS[ctx.feature_map]
+        tensors, width = ctx.saved_tensors, 1 + len(ReadSaved._fields)
+        grad = grad.to(tensors[-1].dtype)  # the values, in the accumulation dtype
+        dq, dk, dv = (grad.new_empty(shape) for shape, _ in ctx.inputs)
+        for index, group in enumerate(ctx.groups):
+            pool, saved = tensors[index * width], ReadSaved(*tensors[index * width + 1:(index + 1) * width])
+            d_phi_q, d_phi_k, d_values, _ = _read_backward(saved, grad[:, group], False)
+            dq[:, group] = feature_backward(None, saved.phi_q, d_phi_q)
+            d_keys = feature_backward(None, saved.phi_k, d_phi_k)
+            if pool is not None:  # through the block means
+                d_keys, d_values = pool.transpose(-1, -2) @ d_keys, pool.transpose(-1, -2) @ d_values
+            dk[:, group], dv[:, group] = d_keys, d_values
+        return (*(d.to(dtype) for d, (_, dtype) in zip((dq, dk, dv), ctx.inputs)), None, None, None, None, None)
+
+
+def _wants_gradients(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
 
 
 def bidirectional_dense(
@@ -80,27 +197,13 @@ def bidirectional_dense(
     """Non-causal AdaMRA attention of all heads, as :func:`.bidirectional.bidirectional_attention` per group.
 
     q ``(B, H, T, N)``, k ``(B, H, S, N)``, v ``(B, H, S, Dv)``, head_rates: the rate of each head,
-    key_padding_mask ``(B, S)`` (True = pad, any layout) -> ``(B, H, T, Dv)`` in q's dtype.
+    key_padding_mask ``(B, S)`` (True = pad, any layout) -> ``(B, H, T, Dv)`` in q's dtype, laid out
+    time-major (:func:`heads_buffer`). With gradients and a feature map of :func:`has_formula_backward`, the
+    backward pass is :class:`_BidirectionalDense`'s; else autograd's.
     """
-    acc = accumulation_dtype(q.dtype)
-    batch, _, src_len, _ = k.shape
-    real = (torch.ones(batch, src_len, dtype=torch.bool, device=k.device) if key_padding_mask is None
-            else ~key_padding_mask)
-    token_filled = None if key_padding_mask is None else real[:, None, None, :].to(acc)  # rate 1: the real tokens
-    groups = rate_groups(head_rates)
-    sizes = [heads for _, heads in groups]
-    outputs = []
-    for (rate, _), qg, kg, vg in zip(groups, q.to(acc).split(sizes, 1), k.to(acc).split(sizes, 1),
-                                     v.to(acc).split(sizes, 1)):
-        filled = token_filled
-        if rate > 1:
-            pool, filled = pooling_matrix(real, rate, block_count(src_len, rate), acc)
-            kg, vg = pool @ kg, pool @ vg
-        weights = kernel_weights(qg, kg, feature_map)
-        if filled is not None:
-            weights = weights * filled
-        outputs.append(weighted_read(weights, vg, eps, divide))
-    return torch.cat(outputs, dim=1).to(q.dtype)
+    if _wants_gradients(q, k, v) and has_formula_backward(feature_map):
+        return _BidirectionalDense.apply(q, k, v, tuple(head_rates), key_padding_mask, feature_map, eps, divide)
+    return _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide)[0]
 
 
 # The fixed matrices of the causal form, per (length, rates, dtype, device): five (H, T, T) tensors, e.g.
@@ -134,6 +237,44 @@ def causal_matrices(length: int, head_rates: Sequence[int], dtype: torch.dtype, 
     return running, own + earlier * block_decay.to(dtype)[:, None, None] ** blocks_back
 
 
+def _causal_forward(q, k, v, running, mask, feature_map, eps, divide):
+    """The dense causal form (see :func:`causal_dense`) from its fixed matrices: the output (a :func:`heads_buffer`,
+    in q's dtype) and its :class:`ReadSaved`."""
+    acc = running.dtype
+    keys, values = running @ k.to(acc), running @ v.to(acc)  # every head's running block means
+    dot_kernel = feature_map if feature_map in DOT_PRODUCT_KERNELS else None
+    phi_q, phi_k = (None, None) if dot_kernel else (feature_map(q.to(acc)), feature_map(keys))
+    batch, heads, length, _ = q.shape
+    out = heads_buffer(batch, heads, length, v.size(-1), acc, q.device)
+    out[...], saved = _read(phi_q, phi_k, mask, values, eps, divide, dot_kernel, q.to(acc), keys)
+    return out.to(q.dtype), saved
+
+
+class _CausalDense(torch.autograd.Function):
+    """:func:`_causal_forward` with a backward pass by formula, keeping the features, the unmasked scores, the
+    normalisers and the running means of the values (and returning the mask's gradient, through which a
+    learned decay is trained)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, running, mask, feature_map, eps, divide):
+        out, saved = _causal_forward(q, k, v, running, mask, feature_map, eps, divide)
+        ctx.save_for_backward(running, *saved)
+        ctx.feature_map, ctx.inputs = feature_map, [(x.shape, x.dtype) for x in (q, k, v)]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        feature_backward = FEATURE_MAP_BACKWARDS[ctx.feature_map]
+        running, *saved = ctx.saved_tensors
+        saved, means_back = ReadSaved(*saved), running.transpose(-1, -2)
+        d_phi_q, d_phi_k, d_values, d_mask = _read_backward(saved, grad.to(saved.values.dtype), ctx.needs_input_grad[4])
+        dq = feature_backward(None, saved.phi_q, d_phi_q)
+        dk = means_back @ feature_backward(None, saved.phi_k, d_phi_k)
+        dv = means_back @ d_values
+        grads = (d.to(dtype) for d, (_, dtype) in zip((dq, dk, dv), ctx.inputs))
+        return (*grads, None, None if d_mask is None else d_mask.sum(dim=0), None, None, None)
+
+
 def causal_dense(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -150,9 +291,11 @@ def causal_dense(
         q, k: ``(B, H, T, N)``; v: ``(B, H, T, Dv)``, left-aligned rows (trailing pads need no mask).
         head_rates: the rate of each head; block_decay: ``(H,)`` g per block of distance, or None.
     Returns:
-        ``(B, H, T, Dv)`` in q's dtype.
+        ``(B, H, T, Dv)`` in q's dtype, laid out time-major (:func:`heads_buffer`). With gradients and a
+        feature map of :func:`has_formula_backward`, the backward pass is :class:`_CausalDense`'s.
     """
     acc = accumulation_dtype(q.dtype)
     running, mask = causal_matrices(q.size(2), head_rates, acc, q.device, block_decay)
-    weights = kernel_weights(q.to(acc), running @ k.to(acc), feature_map) * mask
-    return weighted_read(weights, running @ v.to(acc), eps, divide).to(q.dtype)
+    if _wants_gradients(q, k, v, mask) and has_formula_backward(feature_map):
+        return _CausalDense.apply(q, k, v, running, mask, feature_map, eps, divide)
+    return _causal_forward(q, k, v, running, mask, feature_map, eps, divide)[0]
