@@ -38,7 +38,10 @@ from .pooling import block_count
 
 
 def running_block_means(x: torch.Tensor, rate: int) -> torch.Tensor:
-    """``(B, h, T, D)`` -> mean of x over positions ``(t // r) * r .. t`` for every t (T a multiple of r)."""
+    """``(B, h, T, D)`` -> mean of x over positions ``(t // r) * r .. t`` for every t (T a multiple of r);
+    x itself for r = 1 (a cumulative sum over blocks of one token would be a pass over memory for nothing)."""
+    if rate == 1:
+        return x
     batch, heads, seq_len, dim = x.shape
     blocks = x.view(batch, heads, seq_len // rate, rate, dim)
     counts = torch.arange(1, rate + 1, device=x.device, dtype=x.dtype)
