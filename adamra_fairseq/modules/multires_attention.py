@@ -10,9 +10,6 @@ Which computation runs follows what fairseq passes in:
 * in both, inputs of at most ``ops.dense.DENSE_MAX_LENGTH`` tokens (every MT
   sentence) take the dense all-heads form of ``ops/dense.py`` instead (same
   numbers, fewer and larger operations), longer ones the linear per-group ops;
-  the causal dense form also needs a batch whose ``B T^2`` is small
-  (``ops.dense.causal_dense_is_cheaper``: MT batches of sentences up to about
-  60 tokens);
 * ``incremental_state`` in self-attention: one recurrent step per position;
 * ``incremental_state`` with ``static_kv`` (cross-attention): at the first
   step each rate group caches what the cheaper read needs (per-head summaries
@@ -44,7 +41,7 @@ from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
 )
 from ..ops.causal import causal_attention
-from ..ops.dense import bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper
+from ..ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recompute import recomputed
@@ -272,7 +269,7 @@ class MultiResolutionAttention(nn.Module):
             order = left_align_order(key_padding_mask)
             q, k, v = gather_time(q, order), gather_time(k, order), gather_time(v, order)
         decay = self.block_decay()
-        if causal_dense_is_cheaper(q.size(0), q.size(2)):
+        if dense_is_cheaper(q.size(2), q.size(2)):
             out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay)
         else:
             decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)

@@ -20,7 +20,7 @@ their many small operations and copies cost more than the arithmetic. Here:
   block j < b (where ``ktilde_u`` is that block's mean); 0 elsewhere.
 
 Both are quadratic in the length (as softmax attention is), so the model
-takes them only for short inputs (:func:`dense_is_cheaper`, :func:`causal_dense_is_cheaper`) and the linear
+takes them only for short inputs (:func:`dense_is_cheaper`) and the linear
 per-group ops beyond. Same numbers as those ops, up to rounding (tested
 against them and the naive reference).
 
@@ -54,21 +54,9 @@ from .pooling import block_count, pooling_matrix
 DENSE_MAX_LENGTH = 256
 
 
-# The causal dense form also needs B T^2 below this: its (B, H, T, T) weights keep about T / r + 1 entries of
-# a rate-r head's row, where the chunked op reads the blocks themselves. With batches of about 4096 tokens (MT
-# training) the dense form was faster up to 58 tokens and slower from 64 (2 cores, forward + backward of the op,
-# 2026-12-02; one sequence: faster up to about 256 tokens).
-CAUSAL_DENSE_MAX_WORK = 2 ** 18
-
-
 def dense_is_cheaper(src_len: int, tgt_len: int) -> bool:
     """Whether the model should use the dense form for ``tgt_len`` queries over ``src_len`` keys."""
     return max(src_len, tgt_len) <= DENSE_MAX_LENGTH
-
-
-def causal_dense_is_cheaper(batch: int, length: int) -> bool:
-    """Whether the model should use the dense causal form for ``batch`` rows of ``length`` tokens."""
-    return dense_is_cheaper(length, length) and batch * length * length < CAUSAL_DENSE_MAX_WORK
 
 
 def rate_groups(head_rates: Sequence[int]) -> List[Tuple[int, int]]:
