@@ -13,7 +13,7 @@ from adamra_fairseq.ops.dense import bidirectional_dense, causal_dense, dense_is
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recompute import recomputed
-from adamra_fairseq.ops import dense, recurrent
+from adamra_fairseq.ops import causal, dense, recurrent
 from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
 
 TOL = 1e-9
@@ -279,6 +279,19 @@ def test_recomputed_causal_op_passes_the_gradient_check_and_equals_the_naive_gra
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         chunked(q, k, v, decay)
     assert sorted(t.numel() for t in saved) == [1, q.numel(), k.numel(), v.numel()]  # its inputs, nothing else
+
+
+def test_long_inputs_take_longer_chunks_with_the_same_numbers():
+    """The chunk grows to about 2 sqrt(T) (a multiple of the rate): a fixed chunk's decayed carry is quadratic
+    in the number of chunks. The numbers do not change (the dense form computes them independently)."""
+    assert causal.chunk_length(16384, 1, 64) == 256 and causal.chunk_length(4096, 8, 64) == 128
+    assert causal.chunk_length(1000, 3, 6) == 63 and causal.chunk_length(300, 4, 64) == 64
+    assert causal.chunk_length(10, 2, 64) == 10  # one chunk of the sequence's blocks, not padded to 64
+    q, k, v = random_qkv(batch=2, heads=2, length=301, dim=4, seed=31)
+    decay = torch.tensor([0.9, 0.99], dtype=torch.float64)
+    chunked = causal_attention(q, k, v, 2, chunk_size=2, block_decay=decay)
+    assert causal.chunk_length(301, 2, 2) == 34  # 9 chunks instead of 151
+    assert torch.allclose(chunked, causal_dense(q, k, v, [2, 2], block_decay=decay), atol=TOL)
 
 
 def test_causal_rejects_chunk_not_multiple_of_rate():

@@ -135,7 +135,8 @@ def add_adamra_args(parser) -> None:
                        help="comma subset of encoder,decoder,cross: where AdaMRA replaces softmax "
                             f"attention (default {DEFAULTS['adamra_attention']})")
     group.add_argument("--adamra-chunk-size", type=int, metavar="C",
-                       help="chunk length of the causal (decoder) training op; a multiple of every rate "
+                       help="shortest chunk of the causal (decoder) training op for inputs over 256 tokens "
+                            "(longer inputs take about 2 sqrt(length)); a multiple of every rate "
                             f"(default {DEFAULTS['adamra_chunk_size']})")
     group.add_argument("--adamra-recompute", type=str, metavar="|".join(RECOMPUTES),
                        help="none = the causal (decoder) training op keeps its intermediates for the backward "
