@@ -184,6 +184,19 @@ def test_softmax_pair_halves_are_distributions_that_peak_where_the_input_does():
     assert torch.allclose(features[0, :3], torch.exp(x[0]) / torch.exp(x[0]).sum())
 
 
+def test_softmax_pair_is_the_same_whichever_way_the_halves_are_built():
+    """Small inputs (decoding steps) build [u, -u] by a broadcast product, large ones by two writes."""
+    from adamra_fairseq.ops import feature_maps
+
+    small = torch.randn(3, 2, 8, dtype=torch.float64)
+    large = torch.randn(feature_maps.HALVES_BY_PRODUCT_BELOW // 8 + 1, 8, dtype=torch.float64)
+    for x in (small, large):
+        expected = torch.cat([torch.softmax(x, -1), torch.softmax(-x, -1)], dim=-1)
+        assert torch.allclose(softmax_pair(x), expected, atol=1e-15)
+        strided = x.transpose(0, -1).contiguous().transpose(0, -1)
+        assert torch.allclose(softmax_pair(strided), expected, atol=1e-15)
+
+
 def test_softmax_pair_backward_passes_the_gradient_check_and_keeps_only_its_output():
     x = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(softmax_pair, (x,))
