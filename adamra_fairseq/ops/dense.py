@@ -48,6 +48,7 @@ import torch
 from .bidirectional import accumulation_dtype, kernel_weights
 from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one
 from .pooling import block_count, pooling_matrix
+from .recompute import wants_gradients
 
 # Longest input (keys or queries) for which the model takes the dense form: on a 2-core CPU the dense
 # form was faster up to 256 tokens and slower from 512 (batches of equal token counts; docs/benchmarks.md).
@@ -180,10 +181,6 @@ class _BidirectionalDense(torch.autograd.Function):
         return (*(d.to(dtype) for d, (_, dtype) in zip((dq, dk, dv), ctx.inputs)), None, None, None, None, None)
 
 
-def _wants_gradients(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
-
-
 def bidirectional_dense(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -201,7 +198,7 @@ def bidirectional_dense(
     time-major (:func:`heads_buffer`). With gradients and a feature map of :func:`has_formula_backward`, the
     backward pass is :class:`_BidirectionalDense`'s; else autograd's.
     """
-    if _wants_gradients(q, k, v) and has_formula_backward(feature_map):
+    if wants_gradients(q, k, v) and has_formula_backward(feature_map):
         return _BidirectionalDense.apply(q, k, v, tuple(head_rates), key_padding_mask, feature_map, eps, divide)
     return _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide)[0]
 
@@ -241,12 +238,12 @@ def _causal_forward(q, k, v, running, mask, feature_map, eps, divide):
     """The dense causal form (see :func:`causal_dense`) from its fixed matrices: the output (a :func:`heads_buffer`,
     in q's dtype) and its :class:`ReadSaved`."""
     acc = running.dtype
-    keys, values = running @ k.to(acc), running @ v.to(acc)  # every head's running block means
+    queries, keys, values = q.to(acc), running @ k.to(acc), running @ v.to(acc)  # keys, values: running means
     dot_kernel = feature_map if feature_map in DOT_PRODUCT_KERNELS else None
-    phi_q, phi_k = (None, None) if dot_kernel else (feature_map(q.to(acc)), feature_map(keys))
+    phi_q, phi_k = (None, None) if dot_kernel else (feature_map(queries), feature_map(keys))
     batch, heads, length, _ = q.shape
     out = heads_buffer(batch, heads, length, v.size(-1), acc, q.device)
-    out[...], saved = _read(phi_q, phi_k, mask, values, eps, divide, dot_kernel, q.to(acc), keys)
+    out[...], saved = _read(phi_q, phi_k, mask, values, eps, divide, dot_kernel, queries, keys)
     return out.to(q.dtype), saved
 
 
@@ -296,6 +293,6 @@ def causal_dense(
     """
     acc = accumulation_dtype(q.dtype)
     running, mask = causal_matrices(q.size(2), head_rates, acc, q.device, block_decay)
-    if _wants_gradients(q, k, v, mask) and has_formula_backward(feature_map):
+    if wants_gradients(q, k, v, mask) and has_formula_backward(feature_map):
         return _CausalDense.apply(q, k, v, running, mask, feature_map, eps, divide)
     return _causal_forward(q, k, v, running, mask, feature_map, eps, divide)[0]

@@ -35,10 +35,16 @@ class _Recomputed(torch.autograd.Function):
         return (None, None, *(next(grads) if need else None for need in wanted))
 
 
+def wants_gradients(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd will differentiate an op of ``tensors`` (None entries allowed): gradients are on and
+    one of them requires a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def recomputed(op: Callable[..., torch.Tensor], *tensors: Optional[torch.Tensor], enabled: bool = True,
                **options) -> torch.Tensor:
     """``op(*tensors, **options)``, keeping only ``tensors`` for the backward pass (None entries allowed); with
     ``enabled=False`` a plain call, whose backward pass keeps what the op's own steps keep."""
-    if not enabled or not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+    if not enabled or not wants_gradients(*tensors):
         return op(*tensors, **options)
     return _Recomputed.apply(op, options, *tensors)
