@@ -294,6 +294,78 @@ def test_recomputed_causal_op_passes_the_gradient_check_and_equals_the_naive_gra
     assert sorted(t.numel() for t in saved) == [1, q.numel(), k.numel(), v.numel()]  # its inputs, nothing else
 
 
+@pytest.mark.parametrize("name", ["elu", "relu", "hedgehog"])
+@pytest.mark.parametrize("divide", [True, False])
+def test_chunked_causal_backward_by_formula_gives_the_naive_references_gradients(name, divide):
+    """The chunked op's hand-written backward pass against autograd through the naive reference (float64): rates
+    1 to 3, several chunks, a length that is not a whole number of chunks (padded inside), with a learned decay
+    and without. The decay's gradient against autograd through the same forward steps."""
+    feature_map = FEATURE_MAPS[name]
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=2, heads=2, length=17, dim=4, seed=42))
+    upstream = torch.randn(2, 2, 17, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for rate in (1, 2, 3):
+        for decay in (None, torch.tensor([0.8, 0.55], dtype=torch.float64, requires_grad=True)):
+            out = causal_attention(q, k, v, rate, 2 * rate, feature_map, divide=divide, block_decay=decay)
+            assert any("_ChunkedCausalBackward" in type(f).__name__ for f in _graph_functions(out.grad_fn))
+            inputs = (q, k, v) if decay is None else (q, k, v, decay)
+            actual = torch.autograd.grad(out, inputs, upstream)
+            numbers = None if decay is None else decay.tolist()
+            naive = naive_adamra_attention(q, k, v, [rate] * 2, causal=True, feature_map=feature_map, divide=divide,
+                                           block_decay=numbers)
+            for got, want in zip(actual, torch.autograd.grad(naive, (q, k, v), upstream)):
+                assert torch.allclose(got, want, atol=1e-9)
+            if decay is not None:
+                chunk = causal.chunk_length(17, rate, 2 * rate)  # 8, 8 and 9: three, three and two chunks
+                layout = causal.ChunkLayout(rate, chunk, -(-17 // chunk))
+                padded = [F.pad(x, (0, 0, 0, layout.num_chunks * layout.chunk_size - 17)) for x in (q, k, v)]
+                running = [causal.running_block_means(x, rate) for x in padded[1:]]
+                steps = causal._numerator_and_sum(padded[0], *running, decay, layout, feature_map)
+                by_autograd = causal.normalise(steps, 1e-6, divide)[:, :, :17]
+                assert torch.allclose(by_autograd, out, atol=1e-12)
+                assert torch.allclose(actual[3], torch.autograd.grad(by_autograd, decay, upstream)[0], atol=1e-9)
+
+
+def _graph_functions(node, seen=None):
+    """Every autograd node reachable from ``node``."""
+    seen = set() if seen is None else seen
+    if node is not None and node not in seen:
+        seen.add(node)
+        for parent, _ in node.next_functions:
+            _graph_functions(parent, seen)
+    return seen
+
+
+def test_chunked_causal_backward_passes_the_gradient_check_and_keeps_no_features():
+    """gradcheck through the formula backward with decay and three chunks; what it keeps for the backward pass
+    is N wide (q, k, v, the output) or one column (the normaliser), never the 2N-wide features or scores."""
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=2, heads=2, length=11, dim=3, seed=43))
+    decay = torch.tensor([0.7, 0.95], dtype=torch.float64, requires_grad=True)
+    hedgehog = FEATURE_MAPS["hedgehog"]
+    assert torch.autograd.gradcheck(lambda q, k, v, g: causal_attention(q, k, v, 2, 4, hedgehog, block_decay=g),
+                                    (q, k, v, decay))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        causal_attention(q, k, v, 2, 4, hedgehog, block_decay=decay)
+    assert saved and max(t.size(-1) for t in saved if t.dim() == 4) == 3
+
+
+def test_running_means_backward_is_the_transpose_of_the_running_means():
+    x = torch.randn(2, 3, 12, 4, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn_like(x)
+    for rate in (1, 2, 3, 4):
+        by_cumsum = causal.running_block_means(x, rate)  # with gradients: a cumulative sum autograd differentiates
+        (expected,) = torch.autograd.grad(by_cumsum, x, grad)
+        assert torch.allclose(causal.running_block_means_backward(grad, rate), expected, atol=1e-12)
+        with torch.no_grad():  # without: in-place sums of strided slices
+            assert torch.allclose(causal.running_block_means(x, rate), by_cumsum, atol=1e-12)
+    blocks = x.detach()[:, :, :4].clone()
+    blocks[:, :, 1] = 3 * blocks[:, :, 0]  # a limit case by hand: means of 1 .. 4 positions
+    with torch.no_grad():
+        means = causal.running_block_means(blocks, 4)
+    assert torch.allclose(means[:, :, 1], 2 * blocks[:, :, 0], atol=1e-12)
+    assert torch.allclose(means[:, :, 3], blocks.mean(dim=2), atol=1e-12)
+
+
 def test_long_inputs_take_longer_chunks_with_the_same_numbers():
     """The chunk grows to about 2 sqrt(T) (a multiple of the rate): a fixed chunk's decayed carry is quadratic
     in the number of chunks. The numbers do not change (the dense form computes them independently)."""

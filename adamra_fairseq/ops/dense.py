@@ -46,7 +46,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from .bidirectional import accumulation_dtype, kernel_weights
-from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one
+from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, has_formula_backward
 from .pooling import block_count, pooling_matrix
 from .recompute import wants_gradients
 
@@ -75,13 +75,6 @@ def heads_buffer(batch: int, heads: int, length: int, width: int, dtype, device)
     """An uninitialised ``(B, H, T, W)`` tensor laid out as ``(T, B, H, W)`` in memory: what fairseq's time-major
     output projection reads, so that the module's ``permute(2, 0, 1, 3).contiguous()`` copies nothing."""
     return torch.empty(length, batch, heads, width, dtype=dtype, device=device).permute(1, 2, 0, 3)
-
-
-def has_formula_backward(feature_map: FeatureMap) -> bool:
-    """Whether the dense forms can take their hand-written backward pass with ``feature_map``: its derivative is
-    a formula of its output (:data:`.feature_maps.FEATURE_MAP_BACKWARDS`) and the weights are built from its
-    features (not from q.k, as for the :data:`.feature_maps.DOT_PRODUCT_KERNELS`)."""
-    return feature_map in FEATURE_MAP_BACKWARDS and feature_map not in DOT_PRODUCT_KERNELS
 
 
 class ReadSaved(NamedTuple):

@@ -159,6 +159,13 @@ def _taylor2_kernel(scores: torch.Tensor) -> torch.Tensor:
 # bidirectional op computes it from the N-wide dot products instead of the F-wide features.
 DOT_PRODUCT_KERNELS: Dict[FeatureMap, Callable[[torch.Tensor], torch.Tensor]] = {taylor2: _taylor2_kernel}
 
+def has_formula_backward(feature_map: FeatureMap) -> bool:
+    """Whether the ops' hand-written backward passes (the dense forms, the chunked causal op) apply to
+    ``feature_map``: its derivative is a formula of its output (:data:`FEATURE_MAP_BACKWARDS`) and the weights
+    are built from its features (not from q.k, as for the :data:`DOT_PRODUCT_KERNELS`)."""
+    return feature_map in FEATURE_MAP_BACKWARDS and feature_map not in DOT_PRODUCT_KERNELS
+
+
 # Learned maps: name -> whether the projection has a bias, and how it starts.
 LEARNED_FEATURE_MAPS: Dict[str, Dict[str, object]] = {
     "hedgehog": {"bias": False, "init": "identity"},
