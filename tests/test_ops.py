@@ -349,6 +349,22 @@ def test_chunked_causal_backward_passes_the_gradient_check_and_keeps_no_features
     assert saved and max(t.size(-1) for t in saved if t.dim() == 4) == 3
 
 
+def test_decay_weights_never_fall_into_the_subnormal_range():
+    """Powers of a decay far back are taken as 0 once negligible (subnormal floats are many times slower on a
+    CPU); in the chunked op's carry and in the dense form's mask, with the decay's gradient 0 there too."""
+    decay = torch.tensor([0.5, 0.9, 0.999], requires_grad=True)
+    exponents = torch.arange(-1, 2000, dtype=torch.float32)
+    powers = causal.decay_powers(decay, exponents)
+    tiny = torch.finfo(torch.float32).tiny
+    assert bool(((powers == 0) | (powers >= tiny)).all()) and bool((powers == 0).any())
+    assert torch.equal(powers[:, 1:10], decay.detach()[:, None] ** exponents[1:10])  # near powers unchanged
+    upstream = torch.ones_like(powers)
+    (by_autograd,) = torch.autograd.grad(powers, decay, upstream)
+    assert torch.allclose(causal.decay_powers_backward(decay.detach(), exponents, upstream), by_autograd)
+    _, mask = dense.causal_matrices(256, [1, 1, 2], torch.float32, torch.device("cpu"), decay)
+    assert bool(((mask == 0) | (mask >= tiny)).all())
+
+
 def test_running_means_backward_is_the_transpose_of_the_running_means():
     x = torch.randn(2, 3, 12, 4, dtype=torch.float64, requires_grad=True)
     grad = torch.randn_like(x)

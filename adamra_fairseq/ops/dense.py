@@ -46,6 +46,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from .bidirectional import accumulation_dtype, kernel_weights
+from .causal import without_negligible
 from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, has_formula_backward
 from .pooling import block_count, pooling_matrix
 from .recompute import wants_gradients
@@ -224,7 +225,7 @@ def causal_matrices(length: int, head_rates: Sequence[int], dtype: torch.dtype, 
     )
     if block_decay is None:
         return running, undecayed
-    return running, own + earlier * block_decay.to(dtype)[:, None, None] ** blocks_back
+    return running, own + without_negligible(earlier * block_decay.to(dtype)[:, None, None] ** blocks_back)
 
 
 def _causal_forward(q, k, v, running, mask, feature_map, eps, divide):

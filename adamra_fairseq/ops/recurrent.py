@@ -49,6 +49,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from .bidirectional import accumulation_dtype, cached_blocks_are_cheaper, normalise, with_ones
+from .causal import without_negligible
 from .feature_maps import FeatureMap, elu_plus_one
 
 State = Dict[str, torch.Tensor]
@@ -211,7 +212,7 @@ def slot_weights(block_decay: Optional[torch.Tensor], rates: Tuple[int, ...], to
     owned, exponents = _slot_exponents(rates, tokens, dtype, device)
     if block_decay is None:
         return owned
-    return block_decay.to(dtype)[:, None] ** exponents * owned
+    return without_negligible(block_decay.to(dtype)[:, None] ** exponents * owned)  # no subnormal weights
 
 
 @lru_cache(maxsize=None)
