@@ -17,7 +17,13 @@ Columns (all with the same width, heads and input):
 Every point runs in a fresh forked process: time is the median of the
 repeats after warm-up; memory is the growth of the process's peak resident
 set (ru_maxrss) over its resident set before the point started, i.e. what the
-step itself needed at its peak (weights, inputs, activations, gradients). A
+step itself needed at its peak (weights, inputs, activations, gradients).
+By default that includes memory glibc's allocator keeps for reuse after
+tensors are freed, which depends on the order of allocations as much as on
+their sizes; with --live-memory each point's process maps every allocation
+of 64 KiB or more on its own (mallopt M_MMAP_THRESHOLD), so a freed tensor
+leaves the process at once and the peak counts the tensors alive together
+(Linux with glibc only). A
 point that does not finish within --time-limit seconds, or whose process
 dies (e.g. out of memory), is recorded as skipped with the reason. (fairseq's
 MultiheadAttention calls torch's multi_head_attention_forward, which on this
@@ -87,8 +93,21 @@ def layer_step(method, layer, x, heads, mask):
     out.float().sum().backward()
 
 
+def release_freed_memory() -> None:
+    """Ask glibc to map every allocation of 64 KiB or more on its own, so that freeing it unmaps it (and to keep
+    that threshold fixed instead of raising it as large blocks are freed)."""
+    import ctypes
+
+    m_mmap_threshold = -3  # mallopt parameter number, from glibc's malloc.h
+    libc = ctypes.CDLL("libc.so.6")
+    if libc.mallopt(m_mmap_threshold, 64 * 1024) != 1:
+        raise OSError("mallopt(M_MMAP_THRESHOLD) failed: --live-memory needs Linux with glibc")
+
+
 def run_point(method, length, args, queue):
     """Child process: one (method, length) point; puts a result dict on the queue."""
+    if args.live_memory:
+        release_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     baseline = current_rss_kb()
@@ -232,6 +251,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per point")
+    parser.add_argument("--live-memory", action="store_true",
+                        help="count the tensors alive at the peak, not memory the allocator keeps after frees "
+                             "(glibc's mmap threshold fixed at 64 KiB in each point's process)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_attention"))
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
@@ -259,8 +281,9 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     results = {method: {} for method in METHODS}
     header = f"{'n':>6} | " + " | ".join(f"{m:>14}" for m in METHODS)
-    print(f"forward+backward time (ms) / peak memory growth (MB); B={args.batch} d={args.dim} H={args.heads} "
-          f"rates={args.rates} feature map {args.feature_map} threads={args.threads}")
+    memory = "live tensors" if args.live_memory else "allocator's default"
+    print(f"forward+backward time (ms) / peak memory growth (MB, {memory}); B={args.batch} d={args.dim} "
+          f"H={args.heads} rates={args.rates} feature map {args.feature_map} threads={args.threads}")
     print(header)
     print("-" * len(header))
     for length in lengths:
@@ -291,6 +314,10 @@ def main():
             parts.append("mha " + mha.get("skipped", "-"))
         if "time_s" in causal and "time_s" in bidir:
             parts.append(f"causal/bidirectional time x{causal['time_s'] / bidir['time_s']:.2f}")
+        mha_causal = results["mha_causal"][str(length)]
+        if "time_s" in causal and "time_s" in mha_causal:
+            parts.append(f"causal: speed x{mha_causal['time_s'] / causal['time_s']:.2f}, "
+                         f"memory x{mha_causal['peak_mb'] / max(causal['peak_mb'], 1e-3):.1f}")
         print(f"  n={length}: " + "; ".join(parts))
 
     record = {
