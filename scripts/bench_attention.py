@@ -23,7 +23,9 @@ tensors are freed, which depends on the order of allocations as much as on
 their sizes; with --live-memory each point's process maps every allocation
 of 64 KiB or more on its own (mallopt M_MMAP_THRESHOLD), so a freed tensor
 leaves the process at once and the peak counts the tensors alive together
-(Linux with glibc only). A
+(Linux with glibc only). Every large tensor then comes fresh from the
+kernel, which slows code that allocates many of them (AdaMRA ran at about
+half its speed at 4096 tokens): read only the memory column of such a run. A
 point that does not finish within --time-limit seconds, or whose process
 dies (e.g. out of memory), is recorded as skipped with the reason. (fairseq's
 MultiheadAttention calls torch's multi_head_attention_forward, which on this
@@ -253,7 +255,8 @@ def main():
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per point")
     parser.add_argument("--live-memory", action="store_true",
                         help="count the tensors alive at the peak, not memory the allocator keeps after frees "
-                             "(glibc's mmap threshold fixed at 64 KiB in each point's process)")
+                             "(glibc's mmap threshold fixed at 64 KiB in each point's process; slows the "
+                             "timings, so read only the memory of such a run)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "bench_attention"))
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]

@@ -125,3 +125,26 @@ def test_profile_training_times_each_part_of_both_models():
     assert "| the rest (" in result.stdout and "aten::" in result.stdout  # the operator table
     bad = run([sys.executable, script, "--repeats", "0"], check=False)
     assert bad.returncode == 2 and "must be positive" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_live_memory_maps_every_large_tensor_on_its_own():
+    """bench_attention --live-memory: glibc raises its mmap threshold when a large mapped block is freed, after
+    which mid-sized tensors come from the heap and their memory stays in the process once freed (what the
+    default peak counts). After release_freed_memory() a 1 MB tensor is still mapped on its own (so freeing it
+    unmaps it); without it, it is not (the control, so the test can fail)."""
+    code = (
+        "import ctypes, sys; sys.path.insert(0, 'scripts')\n"
+        "import torch\n"
+        "from bench_attention import release_freed_memory\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',\n"
+        "                'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info\n"
+        "if sys.argv[1] == 'live': release_freed_memory()\n"
+        "x = torch.ones(4 * 2 ** 20); del x\n"  # a freed 16 MB mapped block
+        "before = libc.mallinfo2().hblkhd\n"
+        "y = torch.ones(2 ** 18)\n"  # 1 MB
+        "print((libc.mallinfo2().hblkhd - before) // 1024)\n"
+    )
+    mapped = {mode: int(run([sys.executable, "-c", code, mode], cwd=REPO_ROOT).stdout) for mode in ("live", "default")}
+    assert mapped["live"] >= 1024 and mapped["default"] == 0
