@@ -194,6 +194,12 @@ def running_block_means_backward(grad: torch.Tensor, rate: int) -> torch.Tensor:
     return sums.view(batch, heads, seq_len, dim)
 
 
+def _per_head_product(matrix: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``(h, N, N)`` times ``(B, h, N, W)`` -> ``(B, h, N, W)``: the matrix expanded over the batch, so that the
+    product is one batched matmul with no copies (an einsum here permuted the summaries first)."""
+    return matrix.expand(*flat.shape[:2], *matrix.shape[1:]) @ flat
+
+
 def _carried_states(keys: torch.Tensor, values: torch.Tensor, carry: Optional[torch.Tensor]):
     """Each chunk's summary ``keys^T values`` ``(B, h, N, F, Dv + 1)`` and what chunk c reads of the earlier ones:
     their plain sum (``carry`` None) or their sum weighted by ``carry`` ``(h, N, N)`` (one product over the
@@ -201,8 +207,7 @@ def _carried_states(keys: torch.Tensor, values: torch.Tensor, carry: Optional[to
     summary = keys.transpose(3, 4) @ values
     if carry is None:
         return summary, summary.cumsum(dim=2) - summary
-    flat = summary.flatten(3)  # (B, h, N, F (Dv + 1)); carry expanded to (B, h, N, N): one batched product
-    return summary, (carry.expand(*flat.shape[:2], *carry.shape[1:]) @ flat).view_as(summary)
+    return summary, _per_head_product(carry, summary.flatten(3)).view_as(summary)
 
 
 def _numerator_and_sum(q, k_running, v_running, decay, layout: ChunkLayout, feature_map):
@@ -308,8 +313,7 @@ class _ChunkedCausal(torch.autograd.Function):
                 grad_summary = exclusive_suffix_sum(grad_carried, dim=2)
             else:
                 grad_q_chunks.addcmul_(grad_from_carried, query_scale)
-                flat = grad_carried.flatten(3)
-                grad_summary = (carry.transpose(1, 2).expand(*flat.shape[:2], *carry.shape[1:]) @ flat).view_as(grad_carried)
+                grad_summary = _per_head_product(carry.transpose(1, 2), grad_carried.flatten(3)).view_as(grad_carried)
                 if grad_decay is not None:
                     grad_query = (grad_from_carried * q_chunks).sum(dim=(0, 2, 4))  # (h, C)
                     grad_carry = (grad_carried.flatten(3) @ summary.flatten(3).transpose(2, 3)).sum(dim=0)
