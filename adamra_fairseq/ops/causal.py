@@ -165,7 +165,7 @@ def decay_powers_backward(decay: torch.Tensor, exponent: torch.Tensor, grad: tor
     """``dL/dg`` ``(h,)`` from ``dL/d(g ** e)`` ``(h, *exponent.shape)`` (:func:`decay_powers`; 0 where the
     power was taken as 0)."""
     base = decay.view(-1, *([1] * exponent.dim()))
-    kept = (exponent >= 1) & (base ** exponent.clamp(min=0) >= negligible_weight(decay.dtype))
+    kept = (exponent >= 1) & (decay_powers(decay, exponent) > 0)
     slope = torch.where(kept, exponent * base ** (exponent - 1).clamp(min=0), 0.0)
     return (grad * slope).flatten(1).sum(dim=1)
 
@@ -175,6 +175,14 @@ def intra_weights(decay: Optional[torch.Tensor], exponents: DecayExponents) -> t
     if decay is None:
         return (exponents.intra >= 0).to(exponents.intra.dtype)
     return decay_powers(decay, exponents.intra)[None, :, None]
+
+
+def carry_weights(decay: torch.Tensor, exponents: DecayExponents):
+    """The decay's weights on the earlier chunks' path: keys ``(h, 1, P, 1)`` (block -> chunk end), queries
+    ``(h, 1, C, 1)`` (chunk start -> query) and the carry ``(h, N, N)`` between chunks."""
+    keys = decay_powers(decay, exponents.key)[:, None, :, None]
+    queries = decay_powers(decay, exponents.query)[:, None, :, None]
+    return keys, queries, decay_powers(decay, exponents.carry)
 
 
 def exclusive_suffix_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -237,9 +245,9 @@ def _numerator_and_sum(q, k_running, v_running, decay, layout: ChunkLayout, feat
         if decay is None:
             inter = phi_q_chunks @ _carried_states(phi_k_block, v_block, None)[1]
         else:
-            keys = phi_k_block * decay_powers(decay, exponents.key)[:, None, :, None]
-            carried = _carried_states(keys, v_block, decay_powers(decay, exponents.carry))[1]
-            inter = (phi_q_chunks @ carried) * decay_powers(decay, exponents.query)[:, None, :, None]
+            key_scale, query_scale, carry = carry_weights(decay, exponents)
+            carried = _carried_states(phi_k_block * key_scale, v_block, carry)[1]
+            inter = (phi_q_chunks @ carried) * query_scale
         read = read + layout.positions(inter)
     if own_weight is not None:  # own (partial) block: one slot per query, elementwise (weight a_t: (B, h, Tp, 1))
         read = read + own_weight * values
@@ -299,9 +307,7 @@ class _ChunkedCausal(torch.autograd.Function):
         if layout.num_chunks > 1:  # earlier chunks: read += (phi(q) carried) g^query
             keys, key_scale, query_scale, carry = phi_k_block, None, None, None
             if decay is not None:
-                key_scale = decay_powers(decay, exponents.key)[:, None, :, None]  # (h, 1, P, 1)
-                query_scale = decay_powers(decay, exponents.query)[:, None, :, None]  # (h, 1, C, 1)
-                carry = decay_powers(decay, exponents.carry)  # (h, N, N)
+                key_scale, query_scale, carry = carry_weights(decay, exponents)
                 keys = phi_k_block * key_scale
             summary, carried = _carried_states(keys, v_block, carry)
             grad_from_carried = grad_chunks @ carried.transpose(3, 4)  # (B, h, N, C, F), before the query scale
