@@ -282,6 +282,31 @@ def test_stacked_self_projection_equals_three_projections_and_its_cache_follows_
     assert not torch.allclose(changed, before, atol=1e-6)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_stacked_self_projection_gives_the_gradients_of_three_projections(causal):
+    """With gradients, the stacked projection's output goes to the dense forms in one piece (their backward
+    pass returns one gradient for it): the input's and the parameters' gradients equal those of separate
+    query, key and value tensors, which take one product each."""
+    module = make_module(rates=(1, 2, 4, 8), chunk=8, causal_decay=causal,
+                         **variant("scale", "hedgehog", 6, "denominator"))
+    x = torch.randn(12, 4, EMBED, dtype=torch.float64)  # 48 tokens >= EMBED: the stacked map
+    mask = torch.zeros(4, 12, dtype=torch.bool)
+    mask[1, :3] = True
+    upstream = torch.randn(12, 4, EMBED, dtype=torch.float64)
+    params = [p for p in module.parameters() if p.requires_grad]
+    gradients = []
+    for stacked in (True, False):
+        query = x.detach().requires_grad_()
+        key, value = (query, query) if stacked else (query.clone(), query.clone())
+        out, _ = module(query, key, value, key_padding_mask=None if causal else mask,
+                        attn_mask=future_mask(12) if causal else None)
+        gradients.append(torch.autograd.grad(out, [query, *params], upstream, allow_unused=True))
+    for stacked, separate in zip(*gradients):
+        assert (stacked is None) == (separate is None)
+        if stacked is not None:
+            assert torch.allclose(stacked, separate, atol=1e-10)
+
+
 def test_block_decay_is_kept_without_gradients_until_the_parameter_changes():
     module = make_module(rates=(1, 2, 4, 8), causal_decay=True)
     fresh = module.block_decay()  # with gradients: computed at every call, differentiable

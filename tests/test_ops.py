@@ -9,7 +9,9 @@ from adamra_fairseq.ops.bidirectional import (
     quadratic_is_cheaper,
 )
 from adamra_fairseq.ops.causal import causal_attention
-from adamra_fairseq.ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper, rate_groups
+from adamra_fairseq.ops.dense import (
+    bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper, rate_groups, time_major_heads,
+)
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.recompute import recomputed
@@ -782,4 +784,37 @@ def test_dense_output_is_laid_out_time_major():
 def test_dense_form_is_chosen_for_short_inputs_only():
     assert dense_is_cheaper(30, 31) and dense_is_cheaper(256, 1)
     assert not dense_is_cheaper(1024, 30) and not dense_is_cheaper(1, 4096)
+    # causal: also only for batches small enough that the (B, H, T, T) weights cost less than the chunked scan
+    assert causal_dense_is_cheaper(136, 30) and causal_dense_is_cheaper(32, 128) and causal_dense_is_cheaper(1, 256)
+    assert not causal_dense_is_cheaper(16, 256) and not causal_dense_is_cheaper(21, 192)
+    assert not causal_dense_is_cheaper(1, 257)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_forms_take_q_k_v_packed_in_one_tensor(causal):
+    """Given the time-major tensor that q, k and v are head views of (the module's stacked projection), the
+    backward pass returns one gradient for it, equal to the three gradients of separate inputs, and autograd
+    has no split to undo (which would concatenate three gradients)."""
+    heads, length, batch, rates = 4, 7, 3, [1, 2, 3, 3]
+    widths = (heads * 5, heads * 5, heads * 6)
+    packed = torch.randn(length, batch, sum(widths), dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(batch, heads, length, 6, dtype=torch.float64)
+    hedgehog = FEATURE_MAPS["hedgehog"]
+    mask = left_padding_mask([7, 5, 2], length)
+
+    def op(q, k, v, packed=None):
+        if causal:
+            decay = torch.tensor([0.9, 0.6, 0.8, 0.5], dtype=torch.float64)
+            return causal_dense(q, k, v, rates, hedgehog, block_decay=decay, packed=packed)
+        return bidirectional_dense(q, k, v, rates, mask, hedgehog, packed=packed)
+
+    out = op(*time_major_heads(packed, widths, heads), packed=packed)
+    assert [type(f).__name__ for f, _ in out.grad_fn.next_functions if f is not None] == ["AccumulateGrad"]
+    (grad,) = torch.autograd.grad(out, packed, upstream)
+    separate = [view.detach().clone().requires_grad_() for view in time_major_heads(packed, widths, heads)]
+    expected = torch.autograd.grad(op(*separate), separate, upstream)
+    for got, want in zip(time_major_heads(grad, widths, heads), expected):
+        assert torch.allclose(got, want, atol=1e-12)
+    with pytest.raises(ValueError, match="head views are q, k and v"):
+        op(*time_major_heads(packed, widths, heads), packed=packed.detach().clone().requires_grad_())
     assert rate_groups([1, 1, 2, 4, 4, 1]) == [(1, 2), (2, 1), (4, 2), (1, 1)]

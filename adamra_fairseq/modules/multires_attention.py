@@ -9,7 +9,9 @@ Which computation runs follows what fairseq passes in:
   causal op;
 * in both, inputs of at most ``ops.dense.DENSE_MAX_LENGTH`` tokens (every MT
   sentence) take the dense all-heads form of ``ops/dense.py`` instead (same
-  numbers, fewer and larger operations), longer ones the linear per-group ops;
+  numbers, fewer and larger operations; for causal attention only while the
+  batch is small enough, ``causal_dense_is_cheaper``), longer ones the linear
+  per-group ops;
 * ``incremental_state`` in self-attention: one recurrent step per position;
 * ``incremental_state`` with ``static_kv`` (cross-attention): at the first
   step each rate group caches what the cheaper read needs (per-head summaries
@@ -41,7 +43,7 @@ from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
 )
 from ..ops.causal import causal_attention
-from ..ops.dense import bidirectional_dense, causal_dense, dense_is_cheaper
+from ..ops.dense import bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper, time_major_heads
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recompute import recomputed
@@ -207,11 +209,11 @@ class MultiResolutionAttention(nn.Module):
             q = self._transformed(query, self.q_proj, is_query=True)
             heads_out = self._cross(q, key, value, key_padding_mask, incremental_state, static_kv, attn_mask)
         else:
-            q, k, v = self._self_projections(query, key, value)
+            q, k, v, packed = self._self_projections(query, key, value)
             if incremental_state is not None:
                 heads_out = self._decode_steps(q, k, v, incremental_state)
             else:
-                heads_out = self._parallel_self(q, k, v, key_padding_mask, attn_mask)
+                heads_out = self._parallel_self(q, k, v, key_padding_mask, attn_mask, packed)
         if self.head_norm is not None:
             heads_out = self.head_norm(heads_out)
         heads_out = heads_out.permute(2, 0, 1, 3).contiguous()  # (T, B, H, D)
@@ -224,16 +226,18 @@ class MultiResolutionAttention(nn.Module):
         """Transformed per-head keys ``(B, H, S, N)`` and values ``(B, H, S, D)``."""
         return self._transformed(key, self.k_proj, is_query=False), self._heads(self.v_proj(value))
 
-    def _self_projections(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Self-attention's q, k ``(B, H, T, N)`` and v ``(B, H, T, D)``: one matrix product of the input by
-        the three projections stacked (the q/k transforms folded in) when fairseq passes one tensor as query,
-        key and value and :meth:`_folded_in_projection` has the stacked map; else one product each."""
+    def _self_projections(self, query: Tensor, key: Tensor, value: Tensor
+                          ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        """Self-attention's q, k ``(B, H, T, N)`` and v ``(B, H, T, D)``, and the ``(T, B, 2 H N + C)`` tensor
+        they are views of, or None: one matrix product of the input by the three projections stacked (the q/k
+        transforms folded in) when fairseq passes one tensor as query, key and value and
+        :meth:`_folded_in_projection` has the stacked map; else one product each."""
         folded = self._folded_in_projection(query.size(0) * query.size(1)) if key is query and value is query else None
         if folded is None:
-            return (self._transformed(query, self.q_proj, is_query=True), *self._keys_values(key, value))
+            return (self._transformed(query, self.q_proj, is_query=True), *self._keys_values(key, value), None)
         width = self.query_key.output_dim * self.num_heads
-        q, k, v = nn.functional.linear(query, *folded).split((width, width, self.embed_dim), dim=-1)
-        return self._heads(q), self._heads(k), self._heads(v)
+        packed = nn.functional.linear(query, *folded)
+        return (*time_major_heads(packed, (width, width, self.embed_dim), self.num_heads), packed)
 
     def _folded_in_projection(self, tokens: int) -> Optional[Tuple[Tensor, Tensor]]:
         """``(weight (2 H N + C, C), bias)``: the q projection and query transform, the k projection and key
@@ -259,18 +263,21 @@ class MultiResolutionAttention(nn.Module):
         self._folded_cache = (signature, folded) if cache else None
         return folded
 
-    def _parallel_self(self, q, k, v, key_padding_mask, attn_mask) -> Tensor:
+    def _parallel_self(self, q, k, v, key_padding_mask, attn_mask, packed: Optional[Tensor] = None) -> Tensor:
+        """Self-attention over the whole input; ``packed``: the tensor q, k and v are views of, if any (the dense
+        forms then return its gradient as one tensor)."""
         if attn_mask is None:
-            return self._bidirectional(q, k, v, key_padding_mask)
+            return self._bidirectional(q, k, v, key_padding_mask, packed)
         self._check_future_mask(attn_mask, q.size(2))
         # Trailing pads (fairseq's targets) need nothing: a causal query never sees later positions.
         order = None
         if has_padding(key_padding_mask) and not is_left_aligned(key_padding_mask):
             order = left_align_order(key_padding_mask)
             q, k, v = gather_time(q, order), gather_time(k, order), gather_time(v, order)
+            packed = None
         decay = self.block_decay()
-        if dense_is_cheaper(q.size(2), q.size(2)):
-            out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay)
+        if causal_dense_is_cheaper(q.size(0), q.size(2)):
+            out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay, packed)
         else:
             decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
             out = torch.cat([
@@ -294,10 +301,10 @@ class MultiResolutionAttention(nn.Module):
             self._decay_cache = (signature, torch.exp(nn.functional.logsigmoid(self.decay_logit) * self.head_rates))
         return self._decay_cache[1]
 
-    def _bidirectional(self, q, k, v, key_padding_mask) -> Tensor:
+    def _bidirectional(self, q, k, v, key_padding_mask, packed: Optional[Tensor] = None) -> Tensor:
         if dense_is_cheaper(k.size(2), q.size(2)):
             return bidirectional_dense(q, k, v, self.rate_of_head, key_padding_mask, self.feature_map, self.eps,
-                                       self.divide)
+                                       self.divide, packed)
         return torch.cat([
             bidirectional_attention(qg, kg, vg, rate, key_padding_mask, self.feature_map, self.eps, self.divide)
             for qg, kg, vg, rate in zip(self._groups(q), self._groups(k), self._groups(v), self.rates)

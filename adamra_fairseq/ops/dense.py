@@ -56,9 +56,21 @@ from .recompute import wants_gradients
 DENSE_MAX_LENGTH = 256
 
 
+# Causal attention also needs a small batch for the dense form: its (B, H, T, T) weights cost B T^2 per head,
+# where the chunked op (which has its own backward pass) costs B T C / r. One decoder layer's training step,
+# 2 cores: dense and chunked tied at 24 x 160 tokens, the chunked op was 1.27x faster at 21 x 192 and 1.47x
+# at 16 x 256, the dense form 1.25x faster for one row of 256 (docs/benchmarks.md).
+DENSE_CAUSAL_MAX_WORK = 2 ** 19
+
+
 def dense_is_cheaper(src_len: int, tgt_len: int) -> bool:
     """Whether the model should use the dense form for ``tgt_len`` queries over ``src_len`` keys."""
     return max(src_len, tgt_len) <= DENSE_MAX_LENGTH
+
+
+def causal_dense_is_cheaper(batch: int, length: int) -> bool:
+    """Whether the model should use the dense form for causal attention over ``batch`` rows of ``length``."""
+    return length <= DENSE_MAX_LENGTH and batch * length * length <= DENSE_CAUSAL_MAX_WORK
 
 
 def rate_groups(head_rates: Sequence[int]) -> List[Tuple[int, int]]:
@@ -76,6 +88,58 @@ def heads_buffer(batch: int, heads: int, length: int, width: int, dtype, device)
     """An uninitialised ``(B, H, T, W)`` tensor laid out as ``(T, B, H, W)`` in memory: what fairseq's time-major
     output projection reads, so that the module's ``permute(2, 0, 1, 3).contiguous()`` copies nothing."""
     return torch.empty(length, batch, heads, width, dtype=dtype, device=device).permute(1, 2, 0, 3)
+
+
+def time_major_heads(packed: torch.Tensor, widths: Sequence[int], heads: int) -> Tuple[torch.Tensor, ...]:
+    """The ``(B, H, T, w / H)`` views of the consecutive parts of widths ``widths`` of a time-major
+    ``(T, B, sum(widths))`` tensor: how the module splits its stacked q/k/v projection into heads."""
+    length, batch, _ = packed.shape
+    return tuple(part.view(length, batch, heads, -1).permute(1, 2, 0, 3)
+                 for part in packed.split(tuple(widths), dim=-1))
+
+
+class QKVInputs(NamedTuple):
+    """Where a dense op's autograd function finds q, k and v among its tensor inputs: three ``(B, H, ., .)``
+    tensors (``widths`` None), or one time-major ``(T, B, sum(widths))`` tensor of ``heads`` heads, the stacked
+    projection's output, whose gradient is then written as one tensor (for three views of it, autograd would
+    concatenate three gradients: a copy of the whole projection's output)."""
+    heads: int
+    widths: Optional[Tuple[int, ...]] = None
+
+    def unpack(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        return tuple(inputs) if self.widths is None else time_major_heads(inputs[0], self.widths, self.heads)
+
+    def gradient_buffers(self, shapes, dtype, device) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
+        """Uninitialised gradients of inputs of ``shapes``, time-major (so that the module's head views and
+        their reshape to ``(T, B, C)`` copy nothing), and their q, k, v views."""
+        if self.widths is None:
+            grads = tuple(heads_buffer(*shape, dtype, device) for shape in shapes)
+            return grads, grads
+        buffer = torch.empty(shapes[0], dtype=dtype, device=device)
+        return (buffer,), time_major_heads(buffer, self.widths, self.heads)
+
+
+def qkv_inputs(q, k, v, packed: Optional[torch.Tensor]) -> Tuple[QKVInputs, Tuple[torch.Tensor, ...]]:
+    """The layout and tensor inputs of a dense op's autograd function: ``packed`` if given (checked to be the
+    tensor whose :func:`time_major_heads` are exactly q, k and v), else q, k and v."""
+    if packed is None:
+        return QKVInputs(q.size(1)), (q, k, v)
+    layout = QKVInputs(q.size(1), tuple(x.size(1) * x.size(-1) for x in (q, k, v)))
+    if packed.dim() != 3 or packed.size(-1) != sum(layout.widths) or any(
+        view.shape != x.shape or view.stride() != x.stride() or view.data_ptr() != x.data_ptr()
+        for view, x in zip(layout.unpack((packed,)), (q, k, v))
+    ):
+        raise ValueError("packed must be the time-major (T, B, W) tensor whose head views are q, k and v")
+    return layout, (packed,)
+
+
+def per_head_product(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` for one ``(H, T', T)`` matrix per head and ``x`` ``(B, H, T, D)``: one product of each head's
+    matrix by its ``(T, B * D)`` columns, where broadcasting would copy the matrix B times (3.3x faster for
+    16 x 256 tokens on this CPU). Returns a ``(B, H, T', D)`` view."""
+    batch, heads, length, width = x.shape
+    columns = x.permute(1, 2, 0, 3).reshape(heads, length, batch * width)
+    return (matrix @ columns).view(heads, matrix.size(1), batch, width).permute(2, 0, 1, 3)
 
 
 class ReadSaved(NamedTuple):
@@ -135,7 +199,9 @@ def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, e
         group = slice(first, first + count)
         qg, kg, vg = q[:, group].to(acc), k[:, group].to(acc), v[:, group].to(acc)
         pool, filled = None, token_filled
-        if rate > 1:
+        if rate == 1:  # read twice (kept for the backward pass too): one copy instead of one per product
+            vg = vg.contiguous()
+        else:
             pool, filled = pooling_matrix(real, rate, block_count(src_len, rate), acc)
             kg, vg = pool @ kg, pool @ vg
         phi_q, phi_k = (None, None) if dot_kernel else (feature_map(qg), feature_map(kg))
@@ -147,15 +213,16 @@ def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, e
 
 class _BidirectionalDense(torch.autograd.Function):
     """:func:`_bidirectional_forward` with a backward pass by formula: every group's gradients are written into
-    whole ``(B, H, ., .)`` tensors (autograd would split the inputs by group and concatenate the gradients), and
+    whole time-major tensors (autograd would split the inputs by group and concatenate the gradients), and
     only the features, scores, normalisers and pooled values are kept."""
 
     @staticmethod
-    def forward(ctx, q, k, v, head_rates, key_padding_mask, feature_map, eps, divide):
+    def forward(ctx, layout, head_rates, key_padding_mask, feature_map, eps, divide, *inputs):
+        q, k, v = layout.unpack(inputs)
         out, groups = _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide)
         ctx.save_for_backward(*(tensor for _, pool, saved in groups for tensor in (pool, *saved)))
         ctx.groups = [group for group, _, _ in groups]
-        ctx.feature_map, ctx.inputs = feature_map, [(x.shape, x.dtype) for x in (q, k, v)]
+        ctx.layout, ctx.feature_map, ctx.inputs = layout, feature_map, [(x.shape, x.dtype) for x in inputs]
         return out
 
     @staticmethod
@@ -163,16 +230,17 @@ class _BidirectionalDense(torch.autograd.Function):
         feature_backward = FEATURE_MAP_BACKWARDS[ctx.feature_map]
         tensors, width = ctx.saved_tensors, 1 + len(ReadSaved._fields)
         grad = grad.to(tensors[-1].dtype)  # the values, in the accumulation dtype
-        dq, dk, dv = (grad.new_empty(shape) for shape, _ in ctx.inputs)
+        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], grad.dtype, grad.device)
         for index, group in enumerate(ctx.groups):
             pool, saved = tensors[index * width], ReadSaved(*tensors[index * width + 1:(index + 1) * width])
-            d_phi_q, d_phi_k, d_values, _ = _read_backward(saved, grad[:, group], False)
+            # one copy of the group's slice for the two products that read it
+            d_phi_q, d_phi_k, d_values, _ = _read_backward(saved, grad[:, group].contiguous(), False)
             dq[:, group] = feature_backward(None, saved.phi_q, d_phi_q)
             d_keys = feature_backward(None, saved.phi_k, d_phi_k)
             if pool is not None:  # through the block means
                 d_keys, d_values = pool.transpose(-1, -2) @ d_keys, pool.transpose(-1, -2) @ d_values
             dk[:, group], dv[:, group] = d_keys, d_values
-        return (*(d.to(dtype) for d, (_, dtype) in zip((dq, dk, dv), ctx.inputs)), None, None, None, None, None)
+        return (None,) * 6 + tuple(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs))
 
 
 def bidirectional_dense(
@@ -184,16 +252,20 @@ def bidirectional_dense(
     feature_map: FeatureMap = elu_plus_one,
     eps: float = 1e-6,
     divide: bool = True,
+    packed: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Non-causal AdaMRA attention of all heads, as :func:`.bidirectional.bidirectional_attention` per group.
 
     q ``(B, H, T, N)``, k ``(B, H, S, N)``, v ``(B, H, S, Dv)``, head_rates: the rate of each head,
     key_padding_mask ``(B, S)`` (True = pad, any layout) -> ``(B, H, T, Dv)`` in q's dtype, laid out
     time-major (:func:`heads_buffer`). With gradients and a feature map of :func:`has_formula_backward`, the
-    backward pass is :class:`_BidirectionalDense`'s; else autograd's.
+    backward pass is :class:`_BidirectionalDense`'s (one gradient for ``packed``, the time-major tensor whose
+    :func:`time_major_heads` q, k and v are, when given); else autograd's.
     """
     if wants_gradients(q, k, v) and has_formula_backward(feature_map):
-        return _BidirectionalDense.apply(q, k, v, tuple(head_rates), key_padding_mask, feature_map, eps, divide)
+        layout, inputs = qkv_inputs(q, k, v, packed)
+        return _BidirectionalDense.apply(layout, tuple(head_rates), key_padding_mask, feature_map, eps, divide,
+                                         *inputs)
     return _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide)[0]
 
 
@@ -232,7 +304,7 @@ def _causal_forward(q, k, v, running, mask, feature_map, eps, divide):
     """The dense causal form (see :func:`causal_dense`) from its fixed matrices: the output (a :func:`heads_buffer`,
     in q's dtype) and its :class:`ReadSaved`."""
     acc = running.dtype
-    queries, keys, values = q.to(acc), running @ k.to(acc), running @ v.to(acc)  # keys, values: running means
+    queries, keys, values = q.to(acc), per_head_product(running, k.to(acc)), per_head_product(running, v.to(acc))
     dot_kernel = feature_map if feature_map in DOT_PRODUCT_KERNELS else None
     phi_q, phi_k = (None, None) if dot_kernel else (feature_map(queries), feature_map(keys))
     batch, heads, length, _ = q.shape
@@ -247,10 +319,10 @@ class _CausalDense(torch.autograd.Function):
     learned decay is trained)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, running, mask, feature_map, eps, divide):
-        out, saved = _causal_forward(q, k, v, running, mask, feature_map, eps, divide)
+    def forward(ctx, layout, running, mask, feature_map, eps, divide, *inputs):
+        out, saved = _causal_forward(*layout.unpack(inputs), running, mask, feature_map, eps, divide)
         ctx.save_for_backward(running, *saved)
-        ctx.feature_map, ctx.inputs = feature_map, [(x.shape, x.dtype) for x in (q, k, v)]
+        ctx.layout, ctx.feature_map, ctx.inputs = layout, feature_map, [(x.shape, x.dtype) for x in inputs]
         return out
 
     @staticmethod
@@ -258,12 +330,14 @@ class _CausalDense(torch.autograd.Function):
         feature_backward = FEATURE_MAP_BACKWARDS[ctx.feature_map]
         running, *saved = ctx.saved_tensors
         saved, means_back = ReadSaved(*saved), running.transpose(-1, -2)
-        d_phi_q, d_phi_k, d_values, d_mask = _read_backward(saved, grad.to(saved.values.dtype), ctx.needs_input_grad[4])
-        dq = feature_backward(None, saved.phi_q, d_phi_q)
-        dk = means_back @ feature_backward(None, saved.phi_k, d_phi_k)
-        dv = means_back @ d_values
-        grads = (d.to(dtype) for d, (_, dtype) in zip((dq, dk, dv), ctx.inputs))
-        return (*grads, None, None if d_mask is None else d_mask.sum(dim=0), None, None, None)
+        d_phi_q, d_phi_k, d_values, d_mask = _read_backward(saved, grad.to(saved.values.dtype), ctx.needs_input_grad[2])
+        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], running.dtype,
+                                                          grad.device)
+        dq[...] = feature_backward(None, saved.phi_q, d_phi_q)
+        dk[...] = per_head_product(means_back, feature_backward(None, saved.phi_k, d_phi_k))
+        dv[...] = per_head_product(means_back, d_values)
+        d_mask = None if d_mask is None else d_mask.sum(dim=0)
+        return (None, None, d_mask, None, None, None, *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
 
 
 def causal_dense(
@@ -275,12 +349,15 @@ def causal_dense(
     eps: float = 1e-6,
     divide: bool = True,
     block_decay: Optional[torch.Tensor] = None,
+    packed: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Causal AdaMRA attention of all heads, as :func:`.causal.causal_attention` per group.
 
     Args:
         q, k: ``(B, H, T, N)``; v: ``(B, H, T, Dv)``, left-aligned rows (trailing pads need no mask).
         head_rates: the rate of each head; block_decay: ``(H,)`` g per block of distance, or None.
+        packed: optional time-major tensor whose :func:`time_major_heads` are q, k and v (the backward pass
+            then returns its gradient as one tensor).
     Returns:
         ``(B, H, T, Dv)`` in q's dtype, laid out time-major (:func:`heads_buffer`). With gradients and a
         feature map of :func:`has_formula_backward`, the backward pass is :class:`_CausalDense`'s.
@@ -288,5 +365,6 @@ def causal_dense(
     acc = accumulation_dtype(q.dtype)
     running, mask = causal_matrices(q.size(2), head_rates, acc, q.device, block_decay)
     if wants_gradients(q, k, v, mask) and has_formula_backward(feature_map):
-        return _CausalDense.apply(q, k, v, running, mask, feature_map, eps, divide)
+        layout, inputs = qkv_inputs(q, k, v, packed)
+        return _CausalDense.apply(layout, running, mask, feature_map, eps, divide, *inputs)
     return _causal_forward(q, k, v, running, mask, feature_map, eps, divide)[0]
