@@ -50,7 +50,9 @@ CORE = "  of which the attention op: "
 
 
 def step_parts(model, source, lengths, prev_output, target, generator):
-    """``{part: (callable returning a scalar, layers it stands for)}`` for ``model``'s training step."""
+    """``{part: (callable returning the part's output, layers it stands for)}`` for ``model``'s training step:
+    the loss for the whole step, the output tensor of a module or op (differentiated along a random gradient,
+    :func:`upstream_gradient`)."""
     steps, channels = source.size(1), model.encoder.embed_tokens.embedding_dim
     hidden = torch.randn(steps, source.size(0), channels, generator=generator, requires_grad=True)
     memory = torch.randn(steps, source.size(0), channels, generator=generator, requires_grad=True)
@@ -68,22 +70,31 @@ def step_parts(model, source, lengths, prev_output, target, generator):
     q, k, v = (torch.randn(source.size(0), heads, steps, dim, generator=generator, requires_grad=True)
                for dim in (key_dim, key_dim, head_dim))
     if adamra:  # the op the module takes for this length
-        encoder_core = lambda: encoder_attention._bidirectional(q, k, v, None).sum()  # noqa: E731
-        decoder_core = lambda: decoder_attention._parallel_self(q, k, v, None, future).sum()  # noqa: E731
+        encoder_core = lambda: encoder_attention._bidirectional(q, k, v, None)  # noqa: E731
+        decoder_core = lambda: decoder_attention._parallel_self(q, k, v, None, future)  # noqa: E731
     else:  # what fairseq's MultiheadAttention calls in training (no attention weights asked for)
-        encoder_core = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum()  # noqa: E731
-        decoder_core = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum()  # noqa: E731
+        encoder_core = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
+        decoder_core = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
     return {
         "whole step": (whole, 1),
-        "encoder self-attention": (lambda: encoder_attention(hidden, hidden, hidden)[0].sum(),
-                                   len(model.encoder.layers)),
-        "decoder self-attention": (lambda: decoder_attention(hidden, hidden, hidden, attn_mask=future)[0].sum(),
+        "encoder self-attention": (lambda: encoder_attention(hidden, hidden, hidden)[0], len(model.encoder.layers)),
+        "decoder self-attention": (lambda: decoder_attention(hidden, hidden, hidden, attn_mask=future)[0],
                                    len(model.decoder.layers)),
-        "cross-attention": (lambda: decoder_layer.encoder_attn(hidden, memory, memory, static_kv=True)[0].sum(),
+        "cross-attention": (lambda: decoder_layer.encoder_attn(hidden, memory, memory, static_kv=True)[0],
                             len(model.decoder.layers)),
         CORE + "encoder self-attention": (encoder_core, len(model.encoder.layers)),
         CORE + "decoder self-attention": (decoder_core, len(model.decoder.layers)),
     }
+
+
+def upstream_gradient(cache, key, out):
+    """The gradient that ``out`` is differentiated along: 1 for a loss, else a random tensor of its shape made
+    once per ``key`` (``out.sum()`` would send every module an expanded gradient with zero strides, which some
+    of torch's batched products read by a slow path that no training step takes)."""
+    if key not in cache:
+        cache[key] = torch.ones_like(out) if out.dim() == 0 else torch.randn(
+            out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+    return cache[key]
 
 
 def main():
@@ -116,12 +127,14 @@ def main():
         lengths = torch.full((args.sentences,), args.length)
         parts[kind] = (model, step_parts(model, source, lengths, prev_output, target, generator))
     times = {kind: {part: [] for part in model_parts} for kind, (_, model_parts) in parts.items()}
+    upstream = {}
     for _ in range(args.repeats + 1):  # the first round warms up
         for kind, (model, model_parts) in parts.items():
             for part, (forward, _) in model_parts.items():
                 model.zero_grad(set_to_none=True)
                 start = time.perf_counter()
-                forward().backward()
+                out = forward()
+                out.backward(upstream_gradient(upstream, (kind, part), out))
                 times[kind][part].append(time.perf_counter() - start)
     best = {kind: {part: 1000 * min(seconds[1:]) for part, seconds in by_part.items()} for kind, by_part in times.items()}
 
