@@ -43,7 +43,9 @@ from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
 )
 from ..ops.causal import causal_attention
-from ..ops.dense import bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper, time_major_heads
+from ..ops.dense import (
+    bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper, time_major_heads,
+)
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recompute import recomputed

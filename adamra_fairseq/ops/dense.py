@@ -110,10 +110,11 @@ class QKVInputs(NamedTuple):
         return tuple(inputs) if self.widths is None else time_major_heads(inputs[0], self.widths, self.heads)
 
     def gradient_buffers(self, shapes, dtype, device) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
-        """Uninitialised gradients of inputs of ``shapes``, time-major (so that the module's head views and
-        their reshape to ``(T, B, C)`` copy nothing), and their q, k, v views."""
+        """Uninitialised gradients of inputs of ``shapes`` and their q, k, v views. Separate inputs get contiguous
+        ``(B, H, ., .)`` gradients: time-major ones would save the module a reshape copy each but were no faster
+        and, since every rate group's rows touch all their pages, raised the backward pass's peak memory."""
         if self.widths is None:
-            grads = tuple(heads_buffer(*shape, dtype, device) for shape in shapes)
+            grads = tuple(torch.empty(shape, dtype=dtype, device=device) for shape in shapes)
             return grads, grads
         buffer = torch.empty(shapes[0], dtype=dtype, device=device)
         return (buffer,), time_major_heads(buffer, self.widths, self.heads)
@@ -171,8 +172,10 @@ def _read(phi_q, phi_k, weight, values, eps, divide, dot_kernel=None, q=None, k=
 
 
 def _read_backward(saved: ReadSaved, grad: torch.Tensor, weight_gradient: bool):
-    """Gradients of :func:`_read`'s output (``grad`` ``(B, h, T, Dv)``) with respect to ``phi(q)``, ``phi(k)``,
-    the values and (if ``weight_gradient``, else None) the weight, before any broadcast is summed."""
+    """Gradients of :func:`_read`'s output (``grad`` ``(B, h, T, Dv)``) with respect to the weighted scores
+    ``phi(q) phi(k)^T W`` (``dL/dphi(q)`` is this times ``phi(k)``, ``dL/dphi(k)`` its transpose times ``phi(q)``:
+    left to the caller, so that each F-wide gradient is alive only until the feature map's backward pass has
+    read it), the values and (if ``weight_gradient``, else None) the weight, before any broadcast is summed."""
     weighted = saved.scores if saved.weight is None else saved.scores * saved.weight
     weights = weighted if saved.normaliser is None else weighted / saved.normaliser
     d_weights = grad @ saved.values.transpose(-1, -2)
@@ -181,7 +184,7 @@ def _read_backward(saved: ReadSaved, grad: torch.Tensor, weight_gradient: bool):
         d_weights = (d_weights - (d_weights * weights).sum(dim=-1, keepdim=True)) / saved.normaliser
     d_weight = d_weights * saved.scores if weight_gradient else None
     d_scores = d_weights if saved.weight is None else d_weights * saved.weight
-    return d_scores @ saved.phi_k, d_scores.transpose(-1, -2) @ saved.phi_q, d_values, d_weight
+    return d_scores, d_values, d_weight
 
 
 def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, eps, divide):
@@ -234,9 +237,9 @@ class _BidirectionalDense(torch.autograd.Function):
         for index, group in enumerate(ctx.groups):
             pool, saved = tensors[index * width], ReadSaved(*tensors[index * width + 1:(index + 1) * width])
             # one copy of the group's slice for the two products that read it
-            d_phi_q, d_phi_k, d_values, _ = _read_backward(saved, grad[:, group].contiguous(), False)
-            dq[:, group] = feature_backward(None, saved.phi_q, d_phi_q)
-            d_keys = feature_backward(None, saved.phi_k, d_phi_k)
+            d_scores, d_values, _ = _read_backward(saved, grad[:, group].contiguous(), False)
+            dq[:, group] = feature_backward(None, saved.phi_q, d_scores @ saved.phi_k)
+            d_keys = feature_backward(None, saved.phi_k, d_scores.transpose(-1, -2) @ saved.phi_q)
             if pool is not None:  # through the block means
                 d_keys, d_values = pool.transpose(-1, -2) @ d_keys, pool.transpose(-1, -2) @ d_values
             dk[:, group], dv[:, group] = d_keys, d_values
@@ -304,7 +307,9 @@ def _causal_forward(q, k, v, running, mask, feature_map, eps, divide):
     """The dense causal form (see :func:`causal_dense`) from its fixed matrices: the output (a :func:`heads_buffer`,
     in q's dtype) and its :class:`ReadSaved`."""
     acc = running.dtype
-    queries, keys, values = q.to(acc), per_head_product(running, k.to(acc)), per_head_product(running, v.to(acc))
+    # keys and values: the running means; the values contiguous, as the products that read them need them
+    queries, keys = q.to(acc), per_head_product(running, k.to(acc))
+    values = per_head_product(running, v.to(acc)).contiguous()
     dot_kernel = feature_map if feature_map in DOT_PRODUCT_KERNELS else None
     phi_q, phi_k = (None, None) if dot_kernel else (feature_map(queries), feature_map(keys))
     batch, heads, length, _ = q.shape
@@ -330,12 +335,14 @@ class _CausalDense(torch.autograd.Function):
         feature_backward = FEATURE_MAP_BACKWARDS[ctx.feature_map]
         running, *saved = ctx.saved_tensors
         saved, means_back = ReadSaved(*saved), running.transpose(-1, -2)
-        d_phi_q, d_phi_k, d_values, d_mask = _read_backward(saved, grad.to(saved.values.dtype), ctx.needs_input_grad[2])
+        d_scores, d_values, d_mask = _read_backward(saved, grad.to(saved.values.dtype), ctx.needs_input_grad[2])
         grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], running.dtype,
                                                           grad.device)
-        dq[...] = feature_backward(None, saved.phi_q, d_phi_q)
-        dk[...] = per_head_product(means_back, feature_backward(None, saved.phi_k, d_phi_k))
         dv[...] = per_head_product(means_back, d_values)
+        del d_values  # each temporary is freed before the next is made
+        dq[...] = feature_backward(None, saved.phi_q, d_scores @ saved.phi_k)
+        d_keys = feature_backward(None, saved.phi_k, d_scores.transpose(-1, -2) @ saved.phi_q)
+        dk[...] = per_head_product(means_back, d_keys)
         d_mask = None if d_mask is None else d_mask.sum(dim=0)
         return (None, None, d_mask, None, None, None, *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
 
