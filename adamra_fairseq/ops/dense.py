@@ -172,8 +172,8 @@ def _read(phi_q, phi_k, weight, values, eps, divide, dot_kernel=None, q=None, k=
 
 
 def _read_backward(saved: ReadSaved, grad: torch.Tensor, weight_gradient: bool):
-    """Gradients of :func:`_read`'s output (``grad`` ``(B, h, T, Dv)``) with respect to the weighted scores
-    ``phi(q) phi(k)^T W`` (``dL/dphi(q)`` is this times ``phi(k)``, ``dL/dphi(k)`` its transpose times ``phi(q)``:
+    """Gradients of :func:`_read`'s output (``grad`` ``(B, h, T, Dv)``) with respect to the scores
+    ``phi(q) phi(k)^T`` (``dL/dphi(q)`` is this times ``phi(k)``, ``dL/dphi(k)`` its transpose times ``phi(q)``:
     left to the caller, so that each F-wide gradient is alive only until the feature map's backward pass has
     read it), the values and (if ``weight_gradient``, else None) the weight, before any broadcast is summed."""
     weighted = saved.scores if saved.weight is None else saved.scores * saved.weight
@@ -216,8 +216,9 @@ def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, e
 
 class _BidirectionalDense(torch.autograd.Function):
     """:func:`_bidirectional_forward` with a backward pass by formula: every group's gradients are written into
-    whole time-major tensors (autograd would split the inputs by group and concatenate the gradients), and
-    only the features, scores, normalisers and pooled values are kept."""
+    whole tensors (one per input, or the packed input's: :class:`QKVInputs`), where autograd would split the
+    inputs by group and concatenate the gradients; only the features, scores, normalisers and pooled values
+    are kept."""
 
     @staticmethod
     def forward(ctx, layout, head_rates, key_padding_mask, feature_map, eps, divide, *inputs):
