@@ -202,20 +202,30 @@ def running_block_means_backward(grad: torch.Tensor, rate: int) -> torch.Tensor:
     return sums.view(batch, heads, seq_len, dim)
 
 
-def _per_head_product(matrix: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """``(h, N, N)`` times ``(B, h, N, W)`` -> ``(B, h, N, W)``: the matrix expanded over the batch, so that the
-    product is one batched matmul with no copies (an einsum here permuted the summaries first)."""
-    return matrix.expand(*flat.shape[:2], *matrix.shape[1:]) @ flat
+def per_head_product(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` for one ``(h, N', N)`` matrix per head and ``x`` ``(B, h, N, W)`` -> ``(B, h, N', W)``, by
+    whichever product copies less: the matrix expanded over the batch (which the batched product copies B
+    times when B > 1, and x too when its batch and head axes cannot be merged into one), or each head's matrix
+    times its ``(N, B W)`` columns (x copied once; the result a permuted view). On this CPU: the dense causal
+    form's running means over 16 x 8 heads x 256 tokens of 64, 5.7 ms by columns against 19.7 expanded; over
+    136 x 8 x 30, 1.1 ms expanded against 1.6 by columns; the chunk summaries (W = F (Dv + 1)) expanded."""
+    batch, heads, length, width = x.shape
+    mergeable = batch == 1 or x.stride(0) == heads * x.stride(1)
+    expanded_copies = (batch > 1) * batch * heads * matrix.size(1) * length + (0 if mergeable else x.numel())
+    if expanded_copies <= x.numel():
+        return matrix.expand(batch, heads, *matrix.shape[1:]) @ x
+    columns = x.permute(1, 2, 0, 3).reshape(heads, length, batch * width)
+    return (matrix @ columns).view(heads, matrix.size(1), batch, width).permute(2, 0, 1, 3)
 
 
 def _carried_states(keys: torch.Tensor, values: torch.Tensor, carry: Optional[torch.Tensor]):
     """Each chunk's summary ``keys^T values`` ``(B, h, N, F, Dv + 1)`` and what chunk c reads of the earlier ones:
-    their plain sum (``carry`` None) or their sum weighted by ``carry`` ``(h, N, N)`` (one product over the
-    flattened summaries, no copies)."""
+    their plain sum (``carry`` None) or their sum weighted by ``carry`` ``(h, N, N)`` (one
+    :func:`per_head_product` over the flattened summaries)."""
     summary = keys.transpose(3, 4) @ values
     if carry is None:
         return summary, summary.cumsum(dim=2) - summary
-    return summary, _per_head_product(carry, summary.flatten(3)).view_as(summary)
+    return summary, per_head_product(carry, summary.flatten(3)).reshape(summary.shape)
 
 
 def _numerator_and_sum(q, k_running, v_running, decay, layout: ChunkLayout, feature_map):
@@ -319,7 +329,8 @@ class _ChunkedCausal(torch.autograd.Function):
                 grad_summary = exclusive_suffix_sum(grad_carried, dim=2)
             else:
                 grad_q_chunks.addcmul_(grad_from_carried, query_scale)
-                grad_summary = _per_head_product(carry.transpose(1, 2), grad_carried.flatten(3)).view_as(grad_carried)
+                grad_summary = per_head_product(carry.transpose(1, 2), grad_carried.flatten(3))
+                grad_summary = grad_summary.reshape(grad_carried.shape)
                 if grad_decay is not None:
                     grad_query = (grad_from_carried * q_chunks).sum(dim=(0, 2, 4))  # (h, C)
                     grad_carry = (grad_carried.flatten(3) @ summary.flatten(3).transpose(2, 3)).sum(dim=0)
