@@ -788,6 +788,7 @@ def test_dense_form_is_chosen_for_short_inputs_only():
     assert causal_dense_is_cheaper(136, 30) and causal_dense_is_cheaper(32, 128) and causal_dense_is_cheaper(1, 256)
     assert not causal_dense_is_cheaper(16, 256) and not causal_dense_is_cheaper(21, 192)
     assert not causal_dense_is_cheaper(1, 257)
+    assert rate_groups([1, 1, 2, 4, 4, 1]) == [(1, 2), (2, 1), (4, 2), (1, 1)]
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -817,4 +818,3 @@ def test_dense_forms_take_q_k_v_packed_in_one_tensor(causal):
         assert torch.allclose(got, want, atol=1e-12)
     with pytest.raises(ValueError, match="head views are q, k and v"):
         op(*time_major_heads(packed, widths, heads), packed=packed.detach().clone().requires_grad_())
-    assert rate_groups([1, 1, 2, 4, 4, 1]) == [(1, 2), (2, 1), (4, 2), (1, 1)]
