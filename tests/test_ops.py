@@ -10,13 +10,16 @@ from adamra_fairseq.ops.bidirectional import (
 )
 from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.dense import (
-    bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper, rate_groups, time_major_heads,
+    bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper,
 )
+from adamra_fairseq.ops.heads import rate_groups, time_major_heads
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
+from adamra_fairseq.ops.padding import left_aligned_keys_values
 from adamra_fairseq.ops.recompute import recomputed
-from adamra_fairseq.ops import causal, dense, recurrent
+from adamra_fairseq.ops import causal, dense, pooling, recurrent, state_attention
 from adamra_fairseq.ops.recurrent import RESCALE_BELOW, causal_step, initial_state
+from adamra_fairseq.ops.state_attention import bidirectional_state
 
 TOL = 1e-9
 
@@ -243,31 +246,84 @@ def test_state_form_keeps_its_inputs_and_per_query_tensors_not_the_features():
         bidirectional_attention(q, k, v, 1, feature_map=FEATURE_MAPS["hedgehog"], form="state")
     per_query = batch * heads * length
     stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() // 8 for t in saved}
-    # q, k, v (N wide each), the output (Dv) and the denominator (1) per query; S and z (F x Dv, F) per head
+    # q, k, v (N wide each) and the denominator (1) per query, not the output; [S | z] (F x (Dv + 1)) per head
     features = 2 * width
-    assert sum(stored.values()) == per_query * (4 * width + 1) + batch * heads * features * (width + 1)
+    assert sum(stored.values()) == per_query * (3 * width + 1) + batch * heads * features * (width + 1)
     assert not any(t.size(-1) == features and t.size(-2) == length for t in saved)
 
 
-def test_state_form_keeps_compact_copies_of_views_into_a_larger_tensor():
-    """The module hands each rate group slices of one stacked q/k/v projection: what the state form keeps for
-    the backward pass must not be those views (they would keep the whole projection, including the keys and
-    values that pooling has made unnecessary, alive until the backward pass)."""
-    batch, heads, length, width = 2, 2, 12, 4
-    stacked = torch.randn(batch, 3 * heads, length, width, dtype=torch.float64, requires_grad=True)
-    q, k, v = stacked.split(heads, dim=1)
+@pytest.mark.parametrize("length", [12, 13, 3])
+def test_block_partition_pools_as_block_means_of_left_aligned_rows_for_any_padding(length):
+    """pooling.pooled (blocks from each row's first real token, any pads, strided inputs) equals block_means of
+    the rows with their real tokens moved to the front; pooling.unpooled is its transpose."""
+    generator = torch.Generator().manual_seed(length)
+    storage = torch.randn(length, 3, 4, 5, dtype=torch.float64, generator=generator)
+    x = storage.permute(1, 2, 0, 3)[:, 1:3]  # a head slice of a time-major tensor
+    mask = torch.zeros(3, length, dtype=torch.bool)
+    mask[1, :2] = True
+    mask[2, -1] = True
+    mask[0, length // 2] = True
+    for rate in (1, 2, 3, 4, 5):
+        for pads in (None, mask):
+            partition = pooling.block_partition(None if pads is None else ~pads, length, rate, torch.float64,
+                                                x.device, batch=3)
+            keys, _, lengths, padded = left_aligned_keys_values(x, x, pads)
+            expected, sizes = pooling.block_means(keys, lengths, rate, padded)
+            assert torch.allclose(pooling.pooled(x, partition), expected, atol=1e-12)
+            assert partition.filled is None if pads is None else torch.equal(partition.filled[:, 0, 0] > 0, sizes > 0)
+            grad = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
+            other = torch.randn(x.shape, dtype=torch.float64, generator=generator)
+            transposed = torch.empty(length, 3, 2, 5, dtype=torch.float64).permute(1, 2, 0, 3)
+            pooling.unpooled(grad, partition, transposed)
+            assert torch.allclose((pooling.pooled(other, partition) * grad).sum(), (other * transposed).sum())
+
+
+def test_state_form_keeps_the_stacked_projection_not_copies_of_its_views():
+    """In the model q, k and v are head views of the stacked q/k/v projection: the state form keeps that tensor
+    itself for the backward pass (its block means and features are recomputed there), no copies of its views
+    and nothing else as long as the input but the denominator."""
+    heads, length, batch, width = 4, 12, 2, 3
+    packed = torch.randn(length, batch, 3 * heads * width, dtype=torch.float64, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = bidirectional_attention(q, k, v, 1, feature_map=FEATURE_MAPS["hedgehog"], form="state")
-    assert saved and all(t.untyped_storage().data_ptr() != stacked.untyped_storage().data_ptr() for t in saved)
-    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in saved)
-    # and the gradients are those of the same op on separate tensors
-    upstream = torch.randn_like(out)
-    separate = [x.detach().clone().requires_grad_() for x in (q, k, v)]
-    reference = bidirectional_attention(*separate, 1, feature_map=FEATURE_MAPS["hedgehog"], form="state")
-    assert torch.equal(out, reference)
-    (grad_stacked,) = torch.autograd.grad(out, stacked, upstream)
-    assert torch.allclose(grad_stacked, torch.cat(torch.autograd.grad(reference, separate, upstream), dim=1))
+        bidirectional_state(*time_major_heads(packed, (heads * width,) * 3, heads), [1, 2, 4, 4],
+                            feature_map=FEATURE_MAPS["hedgehog"], packed=packed)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() // 8 for t in saved}
+    features = 2 * width
+    assert storages.pop(packed.untyped_storage().data_ptr()) == packed.numel()
+    assert sorted(storages.values()) == [batch * heads * length, batch * heads * features * (width + 1)]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("divide", [True, False])
+@pytest.mark.parametrize("name", ["elu", "hedgehog", "taylor2"])  # taylor2: no formula, a recomputed graph
+def test_state_form_of_all_heads_equals_the_naive_reference_with_mixed_rates(name, divide, chunked, monkeypatch):
+    """bidirectional_state with a different rate per head group, pads before, inside and after the real tokens,
+    a source of another length than the queries and a ragged last block: values, gradients and gradcheck; in
+    one chunk, and in chunks of two positions (queries and key blocks go through the features chunk by chunk)."""
+    if chunked:  # two positions of 3 rows of 5 heads per chunk
+        monkeypatch.setattr(state_attention, "CHUNK_FEATURE_ELEMENTS", 2 * 3 * 5 * feature_width(name, 3))
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=3, heads=5, length=6, dim=3, seed=12, src_len=11))
+    rates = [1, 3, 3, 2, 4]
+    mask = torch.zeros(3, 11, dtype=torch.bool)
+    mask[0, :3] = True  # fairseq's left padding
+    mask[1, 4:6] = True  # pads inside: blocks count real tokens
+    mask[2, 9:] = True
+    feature_map = FEATURE_MAPS[name]
+
+    def state_form(q, k, v):
+        return bidirectional_state(q, k, v, rates, mask, feature_map, divide=divide)
+
+    expected = naive_adamra_attention(q, k, v, rates, mask, feature_map=feature_map, divide=divide)
+    assert torch.allclose(state_form(q, k, v), expected, atol=TOL)
+    upstream = torch.randn_like(expected)
+    for got, want in zip(torch.autograd.grad(state_form(q, k, v), (q, k, v), upstream),
+                         torch.autograd.grad(expected, (q, k, v), upstream)):
+        assert torch.allclose(got, want, atol=1e-9)
+    if not chunked:  # (the gradients above already hold chunk by chunk)
+        assert torch.autograd.gradcheck(state_form, (q, k, v))
+    with torch.no_grad():
+        assert torch.allclose(state_form(q, k, v), expected, atol=TOL)
 
 
 def test_recomputed_causal_op_passes_the_gradient_check_and_equals_the_naive_gradients():
@@ -791,8 +847,8 @@ def test_dense_form_is_chosen_for_short_inputs_only():
     assert rate_groups([1, 1, 2, 4, 4, 1]) == [(1, 2), (2, 1), (4, 2), (1, 1)]
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_dense_forms_take_q_k_v_packed_in_one_tensor(causal):
+@pytest.mark.parametrize("form", ["bidirectional", "causal", "state"])
+def test_all_heads_forms_take_q_k_v_packed_in_one_tensor(form):
     """Given the time-major tensor that q, k and v are head views of (the module's stacked projection), the
     backward pass returns one gradient for it, equal to the three gradients of separate inputs, and autograd
     has no split to undo (which would concatenate three gradients)."""
@@ -804,9 +860,11 @@ def test_dense_forms_take_q_k_v_packed_in_one_tensor(causal):
     mask = left_padding_mask([7, 5, 2], length)
 
     def op(q, k, v, packed=None):
-        if causal:
+        if form == "causal":
             decay = torch.tensor([0.9, 0.6, 0.8, 0.5], dtype=torch.float64)
             return causal_dense(q, k, v, rates, hedgehog, block_decay=decay, packed=packed)
+        if form == "state":
+            return bidirectional_state(q, k, v, rates, mask, hedgehog, packed=packed)
         return bidirectional_dense(q, k, v, rates, mask, hedgehog, packed=packed)
 
     out = op(*time_major_heads(packed, widths, heads), packed=packed)

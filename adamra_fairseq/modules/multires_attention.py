@@ -11,7 +11,8 @@ Which computation runs follows what fairseq passes in:
   sentence) take the dense all-heads form of ``ops/dense.py`` instead (same
   numbers, fewer and larger operations; for causal attention only while the
   batch is small enough, ``causal_dense_is_cheaper``), longer ones the linear
-  per-group ops;
+  ops: bidirectional attention the state form of all heads at once
+  (``ops/state_attention.py``), causal attention the chunked op per rate group;
 * ``incremental_state`` in self-attention: one recurrent step per position;
 * ``incremental_state`` with ``static_kv`` (cross-attention): at the first
   step each rate group caches what the cheaper read needs (per-head summaries
@@ -41,15 +42,18 @@ from torch import Tensor, nn
 
 from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
+    quadratic_form_is_cheaper,
 )
 from ..ops.causal import causal_attention
 from ..ops.dense import (
-    bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper, time_major_heads,
+    bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper,
 )
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
+from ..ops.heads import time_major_heads
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recompute import recomputed
 from ..ops.recurrent import causal_step, initial_state, reorder_state
+from ..ops.state_attention import bidirectional_state
 from ..ops.source_memory import compress_source, read_memory, source_blocks
 from .head_norm import HeadNorm
 from .options import AdaMRAOptions
@@ -306,6 +310,10 @@ class MultiResolutionAttention(nn.Module):
     def _bidirectional(self, q, k, v, key_padding_mask, packed: Optional[Tensor] = None) -> Tensor:
         if dense_is_cheaper(k.size(2), q.size(2)):
             return bidirectional_dense(q, k, v, self.rate_of_head, key_padding_mask, self.feature_map, self.eps,
+                                       self.divide, packed)
+        if not any(quadratic_form_is_cheaper(q.size(2), k.size(2), rate, self.feature_map, k.size(-1), v.size(-1))
+                   for rate in self.rates):
+            return bidirectional_state(q, k, v, self.rate_of_head, key_padding_mask, self.feature_map, self.eps,
                                        self.divide, packed)
         return torch.cat([
             bidirectional_attention(qg, kg, vg, rate, key_padding_mask, self.feature_map, self.eps, self.divide)

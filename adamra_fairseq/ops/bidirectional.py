@@ -31,13 +31,8 @@ import torch.nn.functional as F
 
 from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one, output_width, pair_width
 from .padding import left_aligned_keys_values
-from .pooling import block_means
-from .state_attention import block_features, state_attention  # noqa: F401  (block_features: also read from here)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for half/bfloat16/fp32 inputs, fp64 for fp64 inputs."""
-    return torch.promote_types(dtype, torch.float32)
+from .pooling import block_count, block_means
+from .state_attention import accumulation_dtype, bidirectional_state, block_features  # noqa: F401  (also read from here)
 
 
 def with_ones(v: torch.Tensor) -> torch.Tensor:
@@ -100,6 +95,14 @@ def quadratic_is_cheaper(
     """
     pair_width = features if pair_width is None else pair_width
     return queries * blocks * (pair_width + value_width + 1) < (queries + blocks) * features * (value_width + 1)
+
+
+def quadratic_form_is_cheaper(queries: int, keys: int, rate: int, feature_map: FeatureMap, key_width: int,
+                              value_width: int) -> bool:
+    """:func:`quadratic_is_cheaper` for ``queries`` over ``keys`` pooled at ``rate``, with ``feature_map``
+    applied to ``key_width``-wide keys."""
+    return quadratic_is_cheaper(queries, block_count(keys, rate), output_width(feature_map, key_width), value_width,
+                                pair_width(feature_map, key_width))
 
 
 def cached_blocks_are_cheaper(blocks: int, features: int, value_width: int, pair_width: int) -> bool:
@@ -174,12 +177,10 @@ def bidirectional_attention(
     """
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}: choose one of {', '.join(FORMS)}")
-    k_mean, filled, v_mean = pooled_means(k, v, rate, key_padding_mask)
     if form == "auto":
-        width = k_mean.size(-1)
-        cheaper = quadratic_is_cheaper(q.size(2), k_mean.size(2), output_width(feature_map, width), v.size(-1),
-                                       pair_width(feature_map, width))
-        form = "quadratic" if cheaper else "state"
-    if form == "quadratic":
-        return attend_blocks(q, k_mean, filled, with_ones(v_mean), feature_map, eps, divide)
-    return state_attention(q, k_mean, v_mean, filled, feature_map, eps, divide)
+        form = "quadratic" if quadratic_form_is_cheaper(q.size(2), k.size(2), rate, feature_map, k.size(-1),
+                                                        v.size(-1)) else "state"
+    if form == "state":
+        return bidirectional_state(q, k, v, (rate,) * q.size(1), key_padding_mask, feature_map, eps, divide)
+    k_mean, filled, v_mean = pooled_means(k, v, rate, key_padding_mask)
+    return attend_blocks(q, k_mean, filled, with_ones(v_mean), feature_map, eps, divide)
