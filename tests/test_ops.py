@@ -278,6 +278,36 @@ def test_block_partition_pools_as_block_means_of_left_aligned_rows_for_any_paddi
             assert torch.allclose((pooling.pooled(other, partition) * grad).sum(), (other * transposed).sum())
 
 
+@pytest.mark.parametrize("divide", [True, False])
+@pytest.mark.parametrize("name", ["elu", "hedgehog", "taylor2"])  # taylor2: autograd through the forward steps
+def test_chunked_causal_op_of_all_heads_equals_the_naive_reference_with_mixed_rates(name, divide):
+    """causal_heads with a different rate and decay per head group, several chunks and a length that is not a
+    multiple of the chunk: values and the gradients of q, k and v against the naive reference, the decay's
+    gradient against the dense causal form's (the naive reference takes the decay as numbers), and the
+    gradient check."""
+    q, k, v = (x.requires_grad_() for x in random_qkv(batch=2, heads=4, length=15, dim=3, seed=17))
+    decay = torch.tensor([0.9, 0.7, 0.5, 0.8], dtype=torch.float64, requires_grad=True)
+    rates = [1, 2, 2, 3]
+    feature_map = FEATURE_MAPS[name]
+
+    def chunked(q, k, v, decay):
+        return causal.causal_heads(q, k, v, rates, 6, feature_map, divide=divide, block_decay=decay)
+
+    expected = naive_adamra_attention(q, k, v, rates, causal=True, feature_map=feature_map, divide=divide,
+                                      block_decay=decay.tolist())
+    assert torch.allclose(chunked(q, k, v, decay), expected, atol=TOL)
+    upstream = torch.randn_like(expected)
+    got = torch.autograd.grad(chunked(q, k, v, decay), (q, k, v, decay), upstream)
+    for grad, want in zip(got, torch.autograd.grad(expected, (q, k, v), upstream)):
+        assert torch.allclose(grad, want, atol=1e-9)
+    dense_form = causal_dense(q, k, v, rates, feature_map, divide=divide, block_decay=decay)
+    assert torch.allclose(got[3], torch.autograd.grad(dense_form, decay, upstream)[0], atol=1e-9)
+    if name == "hedgehog" and divide:
+        assert torch.autograd.gradcheck(chunked, (q, k, v, decay))
+    with pytest.raises(ValueError, match="not a multiple of rate 4"):
+        causal.causal_heads(q, k, v, [1, 2, 4, 4], 6)
+
+
 def test_state_form_keeps_the_stacked_projection_not_copies_of_its_views():
     """In the model q, k and v are head views of the stacked q/k/v projection: the state form keeps that tensor
     itself for the backward pass (its block means and features are recomputed there), no copies of its views
@@ -847,7 +877,7 @@ def test_dense_form_is_chosen_for_short_inputs_only():
     assert rate_groups([1, 1, 2, 4, 4, 1]) == [(1, 2), (2, 1), (4, 2), (1, 1)]
 
 
-@pytest.mark.parametrize("form", ["bidirectional", "causal", "state"])
+@pytest.mark.parametrize("form", ["bidirectional", "causal", "state", "chunked"])
 def test_all_heads_forms_take_q_k_v_packed_in_one_tensor(form):
     """Given the time-major tensor that q, k and v are head views of (the module's stacked projection), the
     backward pass returns one gradient for it, equal to the three gradients of separate inputs, and autograd
@@ -865,6 +895,9 @@ def test_all_heads_forms_take_q_k_v_packed_in_one_tensor(form):
             return causal_dense(q, k, v, rates, hedgehog, block_decay=decay, packed=packed)
         if form == "state":
             return bidirectional_state(q, k, v, rates, mask, hedgehog, packed=packed)
+        if form == "chunked":
+            decay = torch.tensor([0.9, 0.6, 0.8, 0.5], dtype=torch.float64)
+            return causal.causal_heads(q, k, v, rates, 6, hedgehog, block_decay=decay, packed=packed)
         return bidirectional_dense(q, k, v, rates, mask, hedgehog, packed=packed)
 
     out = op(*time_major_heads(packed, widths, heads), packed=packed)

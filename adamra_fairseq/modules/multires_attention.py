@@ -44,7 +44,7 @@ from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
     quadratic_form_is_cheaper,
 )
-from ..ops.causal import causal_attention
+from ..ops.causal import causal_attention, causal_heads
 from ..ops.dense import (
     bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper,
 )
@@ -284,12 +284,14 @@ class MultiResolutionAttention(nn.Module):
         decay = self.block_decay()
         if causal_dense_is_cheaper(q.size(0), q.size(2)):
             out = causal_dense(q, k, v, self.rate_of_head, self.feature_map, self.eps, self.divide, decay, packed)
-        else:
+        elif self.options.recompute != "causal":
+            out = causal_heads(q, k, v, self.rate_of_head, self.options.chunk_size, self.feature_map, self.eps,
+                               self.divide, decay, packed)
+        else:  # --adamra-recompute causal: each group's op recomputed in the backward pass
             decays = decay.split(self.heads_per_rate) if decay is not None else [None] * len(self.rates)
             out = torch.cat([
-                recomputed(_causal_group, qg, kg, vg, group_decay, enabled=self.options.recompute == "causal",
-                           rate=rate, chunk_size=self.options.chunk_size, feature_map=self.feature_map, eps=self.eps,
-                           divide=self.divide)
+                recomputed(_causal_group, qg, kg, vg, group_decay, rate=rate, chunk_size=self.options.chunk_size,
+                           feature_map=self.feature_map, eps=self.eps, divide=self.divide)
                 for qg, kg, vg, rate, group_decay in zip(
                     self._groups(q), self._groups(k), self._groups(v), self.rates, decays)
             ], dim=1)

@@ -26,21 +26,26 @@ per chunk, through a lower-triangular matrix of powers of g (no division by
 powers of g, so nothing overflows).
 
 At rate 1 a query's own block is its own position: the masked product of its
-chunk reads it with the earlier ones (no separate own-block slot). Training
-with Hedgehog, elu + 1 or relu features takes :class:`_ChunkedCausal`'s
-backward pass, which keeps q, k, v, the normaliser and the output and
-recomputes the rest (docs/method.md has the formulas).
+chunk reads it with the earlier ones (no separate own-block slot).
+:func:`causal_heads` runs every rate group and writes all heads' outputs into
+one time-major tensor. Training with Hedgehog, elu + 1 or relu features
+takes :class:`_ChunkedCausal`'s backward pass, which keeps q, k, v (in the
+model, the stacked q/k/v projection), the normaliser and the output,
+recomputes the rest (docs/method.md has the formulas) and writes every
+group's gradients into whole tensors.
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .bidirectional import accumulation_dtype, normalise, with_ones
 from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, has_formula_backward
+from .heads import heads_buffer, qkv_inputs, rate_groups
 from .pooling import block_count
+from .recompute import wants_gradients
 
 
 def running_block_means(x: torch.Tensor, rate: int) -> torch.Tensor:
@@ -264,106 +269,217 @@ def _numerator_and_sum(q, k_running, v_running, decay, layout: ChunkLayout, feat
     return read
 
 
+def _group_forward(q, k, v, decay, layout: ChunkLayout, feature_map, eps, divide):
+    """One rate group's output ``(B, h, N C, Dv)`` and normaliser ``(B, h, N C, 1)`` (None without ``divide``) from
+    q, k and v padded to whole chunks, in the accumulation dtype."""
+    k_running, v_running = running_block_means(k, layout.rate), running_block_means(v, layout.rate)
+    read = _numerator_and_sum(q, k_running, v_running, decay, layout, feature_map)
+    del k_running, v_running
+    if not divide:
+        return read[..., :-1], None
+    normaliser = read[..., -1:] + eps
+    return read[..., :-1] / normaliser, normaliser
+
+
+def _group_backward(q, k, v, decay, normaliser, out, grad, layout: ChunkLayout, feature_map, decay_gradient: bool):
+    """``dL/dq``, ``dL/dk``, ``dL/dv`` and ``dL/d block_decay`` (None unless ``decay_gradient``) of one rate
+    group's :func:`_group_forward` from ``grad`` = ``dL/d out``, recomputing the running means, the features,
+    the chunk summaries and the scores (docs/method.md gives the formulas)."""
+    k_running, v_running = running_block_means(k, layout.rate), running_block_means(v, layout.rate)
+    through = FEATURE_MAP_BACKWARDS[feature_map]
+    if normaliser is None:  # dL/d[numerator | normaliser]
+        grad_read = F.pad(grad, (0, 1))
+    else:
+        grad_numerator = grad / normaliser
+        grad_read = torch.cat([grad_numerator, -(grad_numerator * out).sum(dim=-1, keepdim=True)], dim=-1)
+        del grad_numerator
+    values = with_ones(v_running)
+    phi_q, phi_k_running = feature_map(q), feature_map(k_running)
+    exponents = decay_exponents(layout, q.dtype, q.device)
+    grad_decay = torch.zeros_like(decay) if decay is not None and decay_gradient else None
+    q_chunks, grad_chunks = layout.chunks(phi_q), layout.chunks(grad_read)
+    phi_k_block, v_block = layout.block_ends(phi_k_running), layout.block_ends(values)
+
+    # blocks of the same chunk: read += (S * W) v_block, S = phi(q) phi(k_block)^T
+    scores = q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, P)
+    weights = intra_weights(decay, exponents)
+    grad_weighted = grad_chunks @ v_block.transpose(3, 4)
+    if grad_decay is not None:
+        grad_decay += decay_powers_backward(decay, exponents.intra, (grad_weighted * scores).sum(dim=(0, 2)))
+    grad_v_block = scores.mul_(weights).transpose(3, 4) @ grad_chunks  # (B, h, N, P, Dv + 1)
+    grad_scores = grad_weighted.mul_(weights)
+    del scores, grad_weighted
+    grad_q_chunks = grad_scores @ phi_k_block  # (B, h, N, C, F)
+    grad_k_block = grad_scores.transpose(3, 4) @ q_chunks  # (B, h, N, P, F)
+    del grad_scores
+
+    if layout.num_chunks > 1:  # earlier chunks: read += (phi(q) carried) g^query
+        keys, key_scale, query_scale, carry = phi_k_block, None, None, None
+        if decay is not None:
+            key_scale, query_scale, carry = carry_weights(decay, exponents)
+            keys = phi_k_block * key_scale
+        summary, carried = _carried_states(keys, v_block, carry)
+        grad_from_carried = grad_chunks @ carried.transpose(3, 4)  # (B, h, N, C, F), before the query scale
+        del carried
+        scaled_grad = grad_chunks if query_scale is None else grad_chunks * query_scale
+        grad_carried = q_chunks.transpose(3, 4) @ scaled_grad  # (B, h, N, F, Dv + 1)
+        if carry is None:
+            grad_q_chunks += grad_from_carried
+            grad_summary = exclusive_suffix_sum(grad_carried, dim=2)
+        else:
+            grad_q_chunks.addcmul_(grad_from_carried, query_scale)
+            grad_summary = per_head_product(carry.transpose(1, 2), grad_carried.flatten(3))
+            grad_summary = grad_summary.reshape(grad_carried.shape)
+            if grad_decay is not None:
+                grad_query = (grad_from_carried * q_chunks).sum(dim=(0, 2, 4))  # (h, C)
+                grad_carry = (grad_carried.flatten(3) @ summary.flatten(3).transpose(2, 3)).sum(dim=0)
+                grad_decay += decay_powers_backward(decay, exponents.query, grad_query)
+                grad_decay += decay_powers_backward(decay, exponents.carry, grad_carry)
+        del grad_from_carried, grad_carried, summary
+        grad_v_block += keys @ grad_summary
+        grad_keys = v_block @ grad_summary.transpose(3, 4)  # (B, h, N, P, F)
+        if key_scale is None:
+            grad_k_block += grad_keys
+        else:
+            grad_k_block.addcmul_(grad_keys, key_scale)
+            if grad_decay is not None:
+                grad_key = (grad_keys * phi_k_block).sum(dim=(0, 2, 4))  # (h, P)
+                grad_decay += decay_powers_backward(decay, exponents.key, grad_key)
+        del grad_keys
+
+    grad_phi_q = layout.positions(grad_q_chunks)
+    if layout.own_slot:  # own block: read += a_t [v~_t, 1], a_t = phi(q_t).phi(k~_t)
+        own_weight = (phi_q * phi_k_running).sum(dim=-1, keepdim=True)
+        grad_own = (grad_read * values).sum(dim=-1, keepdim=True)
+        grad_values = grad_read * own_weight
+        grad_phi_q.addcmul_(grad_own, phi_k_running)
+        grad_phi_k_running = grad_own * phi_q
+        rate = layout.rate
+        grad_phi_k_running[:, :, rate - 1 :: rate] += layout.positions(grad_k_block)
+        grad_values[:, :, rate - 1 :: rate] += layout.positions(grad_v_block)
+    else:  # every position is a block end
+        grad_phi_k_running, grad_values = layout.positions(grad_k_block), layout.positions(grad_v_block)
+    grad_q = through(q, phi_q, grad_phi_q)
+    grad_k = running_block_means_backward(through(k_running, phi_k_running, grad_phi_k_running), layout.rate)
+    grad_v = running_block_means_backward(grad_values[..., :-1], layout.rate)
+    return grad_q, grad_k, grad_v, grad_decay
+
+
+def _padded(x: torch.Tensor, length: int, dtype: torch.dtype, value: float = 0.0) -> torch.Tensor:
+    """``x`` ``(B, h, T, W)`` in ``dtype``, padded with ``value`` to ``length`` positions (a view when none are
+    needed and the dtype is x's)."""
+    x = x.to(dtype)
+    return x if x.size(2) == length else F.pad(x, (0, 0, 0, length - x.size(2)), value=value)
+
+
+def chunk_groups(head_rates: Sequence[int], seq_len: int, chunk_size: int) -> Tuple[Tuple[slice, ChunkLayout], ...]:
+    """Each run of heads that share a rate, and how the op cuts its sequence (:func:`chunk_length`)."""
+    groups, first = [], 0
+    for rate, count in rate_groups(head_rates):
+        if chunk_size % rate:
+            raise ValueError(f"chunk size {chunk_size} is not a multiple of rate {rate}")
+        length = chunk_length(seq_len, rate, chunk_size)
+        groups.append((slice(first, first + count), ChunkLayout(rate, length, block_count(seq_len, length))))
+        first += count
+    return tuple(groups)
+
+
+def _heads_forward(q, k, v, groups, decay, feature_map, eps, divide):
+    """Every group's :func:`_group_forward` (or autograd's steps, for maps without a formula backward), written
+    into one time-major output (:func:`.heads.heads_buffer`, accumulation dtype) and one normaliser
+    ``(B, H, T, 1)`` (None without ``divide``)."""
+    acc = accumulation_dtype(q.dtype)
+    batch, heads, seq_len, _ = q.shape
+    out = heads_buffer(batch, heads, seq_len, v.size(-1), acc, q.device)
+    normaliser = torch.empty(batch, heads, seq_len, 1, dtype=acc, device=q.device) if divide else None
+    for group, layout in groups:
+        padded_len = layout.num_chunks * layout.chunk_size
+        qg, kg, vg = (_padded(x[:, group], padded_len, acc) for x in (q, k, v))
+        group_decay = None if decay is None else decay[group].to(acc)
+        if has_formula_backward(feature_map):
+            group_out, group_normaliser = _group_forward(qg, kg, vg, group_decay, layout, feature_map, eps, divide)
+            if divide:
+                normaliser[:, group] = group_normaliser[:, :, :seq_len]
+        else:
+            k_running, v_running = running_block_means(kg, layout.rate), running_block_means(vg, layout.rate)
+            group_out = normalise(_numerator_and_sum(qg, k_running, v_running, group_decay, layout, feature_map),
+                                  eps, divide)
+        out[:, group] = group_out[:, :, :seq_len]
+    return out, normaliser
+
+
 class _ChunkedCausal(torch.autograd.Function):
-    """:func:`_numerator_and_sum`, normalised, with a backward pass written out (feature maps of
-    :func:`.feature_maps.has_formula_backward`) from q, k and v. It keeps its inputs (views into the stacked
-    q/k/v projection in the model, which costs nothing more), the normaliser and the output, and recomputes the
-    running means, the features, the chunk summaries and the scores (docs/method.md gives the formulas).
-    """
+    """:func:`_heads_forward` with every group's backward pass written out (:func:`_group_backward`, feature maps
+    of :func:`.feature_maps.has_formula_backward`). It keeps its inputs (in the model the stacked q/k/v
+    projection, whose head views q, k and v are), the normaliser and the output, and writes every group's
+    gradients into whole tensors (one for the stacked projection: :class:`.heads.QKVInputs`), where autograd
+    would concatenate the groups' gradients, then those of q, k and v."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, layout, feature_map, eps, divide):
-        k_running, v_running = running_block_means(k, layout.rate), running_block_means(v, layout.rate)
-        read = _numerator_and_sum(q, k_running, v_running, decay, layout, feature_map)
-        del k_running, v_running
-        normaliser = read[..., -1:] + eps if divide else None
-        out = read[..., :-1] / normaliser if divide else read[..., :-1].contiguous()
-        ctx.layout, ctx.feature_map = layout, feature_map
-        ctx.save_for_backward(q, k, v, decay, normaliser, out if divide else None)
+    def forward(ctx, layout, groups, decay, feature_map, eps, divide, *inputs):
+        out, normaliser = _heads_forward(*layout.unpack(inputs), groups, decay, feature_map, eps, divide)
+        ctx.layout, ctx.groups, ctx.feature_map = layout, groups, feature_map
+        ctx.inputs = [(x.shape, x.dtype) for x in inputs]
+        ctx.save_for_backward(decay, normaliser, out if divide else None, *inputs)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, decay, normaliser, out = ctx.saved_tensors
-        layout, feature_map = ctx.layout, ctx.feature_map
-        k_running, v_running = running_block_means(k, layout.rate), running_block_means(v, layout.rate)
-        through = FEATURE_MAP_BACKWARDS[feature_map]
-        if normaliser is None:  # dL/d[numerator | normaliser]
-            grad_read = F.pad(grad, (0, 1))
-        else:
-            grad_numerator = grad / normaliser
-            grad_read = torch.cat([grad_numerator, -(grad_numerator * out).sum(dim=-1, keepdim=True)], dim=-1)
-            del grad_numerator
-        values = with_ones(v_running)
-        phi_q, phi_k_running = feature_map(q), feature_map(k_running)
-        exponents = decay_exponents(layout, q.dtype, q.device)
-        grad_decay = torch.zeros_like(decay) if decay is not None and ctx.needs_input_grad[3] else None
-        q_chunks, grad_chunks = layout.chunks(phi_q), layout.chunks(grad_read)
-        phi_k_block, v_block = layout.block_ends(phi_k_running), layout.block_ends(values)
+        decay, normaliser, out, *inputs = ctx.saved_tensors
+        q, k, v = ctx.layout.unpack(inputs)
+        acc, seq_len = accumulation_dtype(q.dtype), q.size(2)
+        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device)
+        decay_gradient = decay is not None and ctx.needs_input_grad[2]
+        grad_decay = torch.zeros_like(decay, dtype=acc) if decay_gradient else None
+        for group, layout in ctx.groups:
+            length = layout.num_chunks * layout.chunk_size
+            group_grads = _group_backward(
+                *(_padded(x[:, group], length, acc) for x in (q, k, v)),
+                None if decay is None else decay[group].to(acc),
+                None if normaliser is None else _padded(normaliser[:, group], length, acc, value=1.0),
+                None if out is None else _padded(out[:, group], length, acc),
+                _padded(grad[:, group], length, acc), layout, ctx.feature_map, decay_gradient,
+            )
+            for target, group_grad in zip((dq, dk, dv), group_grads):
+                target[:, group] = group_grad[:, :, :seq_len]
+            if decay_gradient:
+                grad_decay[group] = group_grads[3]
+        grad_decay = None if grad_decay is None else grad_decay.to(decay.dtype)
+        return (None, None, grad_decay, None, None, None, *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
 
-        # blocks of the same chunk: read += (S * W) v_block, S = phi(q) phi(k_block)^T
-        scores = q_chunks @ phi_k_block.transpose(3, 4)  # (B, h, N, C, P)
-        weights = intra_weights(decay, exponents)
-        grad_weighted = grad_chunks @ v_block.transpose(3, 4)
-        if grad_decay is not None:
-            grad_decay += decay_powers_backward(decay, exponents.intra, (grad_weighted * scores).sum(dim=(0, 2)))
-        grad_v_block = scores.mul_(weights).transpose(3, 4) @ grad_chunks  # (B, h, N, P, Dv + 1)
-        grad_scores = grad_weighted.mul_(weights)
-        del scores, grad_weighted
-        grad_q_chunks = grad_scores @ phi_k_block  # (B, h, N, C, F)
-        grad_k_block = grad_scores.transpose(3, 4) @ q_chunks  # (B, h, N, P, F)
-        del grad_scores
 
-        if layout.num_chunks > 1:  # earlier chunks: read += (phi(q) carried) g^query
-            keys, key_scale, query_scale, carry = phi_k_block, None, None, None
-            if decay is not None:
-                key_scale, query_scale, carry = carry_weights(decay, exponents)
-                keys = phi_k_block * key_scale
-            summary, carried = _carried_states(keys, v_block, carry)
-            grad_from_carried = grad_chunks @ carried.transpose(3, 4)  # (B, h, N, C, F), before the query scale
-            del carried
-            scaled_grad = grad_chunks if query_scale is None else grad_chunks * query_scale
-            grad_carried = q_chunks.transpose(3, 4) @ scaled_grad  # (B, h, N, F, Dv + 1)
-            if carry is None:
-                grad_q_chunks += grad_from_carried
-                grad_summary = exclusive_suffix_sum(grad_carried, dim=2)
-            else:
-                grad_q_chunks.addcmul_(grad_from_carried, query_scale)
-                grad_summary = per_head_product(carry.transpose(1, 2), grad_carried.flatten(3))
-                grad_summary = grad_summary.reshape(grad_carried.shape)
-                if grad_decay is not None:
-                    grad_query = (grad_from_carried * q_chunks).sum(dim=(0, 2, 4))  # (h, C)
-                    grad_carry = (grad_carried.flatten(3) @ summary.flatten(3).transpose(2, 3)).sum(dim=0)
-                    grad_decay += decay_powers_backward(decay, exponents.query, grad_query)
-                    grad_decay += decay_powers_backward(decay, exponents.carry, grad_carry)
-            del grad_from_carried, grad_carried, summary
-            grad_v_block += keys @ grad_summary
-            grad_keys = v_block @ grad_summary.transpose(3, 4)  # (B, h, N, P, F)
-            if key_scale is None:
-                grad_k_block += grad_keys
-            else:
-                grad_k_block.addcmul_(grad_keys, key_scale)
-                if grad_decay is not None:
-                    grad_key = (grad_keys * phi_k_block).sum(dim=(0, 2, 4))  # (h, P)
-                    grad_decay += decay_powers_backward(decay, exponents.key, grad_key)
-            del grad_keys
+def causal_heads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_rates: Sequence[int],
+    chunk_size: int = 64,
+    feature_map: FeatureMap = elu_plus_one,
+    eps: float = 1e-6,
+    divide: bool = True,
+    block_decay: Optional[torch.Tensor] = None,
+    packed: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Causal AdaMRA attention of all heads, chunked, each head at its rate.
 
-        grad_phi_q = layout.positions(grad_q_chunks)
-        if layout.own_slot:  # own block: read += a_t [v~_t, 1], a_t = phi(q_t).phi(k~_t)
-            own_weight = (phi_q * phi_k_running).sum(dim=-1, keepdim=True)
-            grad_own = (grad_read * values).sum(dim=-1, keepdim=True)
-            grad_values = grad_read * own_weight
-            grad_phi_q.addcmul_(grad_own, phi_k_running)
-            grad_phi_k_running = grad_own * phi_q
-            rate = layout.rate
-            grad_phi_k_running[:, :, rate - 1 :: rate] += layout.positions(grad_k_block)
-            grad_values[:, :, rate - 1 :: rate] += layout.positions(grad_v_block)
-        else:  # every position is a block end
-            grad_phi_k_running, grad_values = layout.positions(grad_k_block), layout.positions(grad_v_block)
-        grad_q = through(q, phi_q, grad_phi_q)
-        grad_k = running_block_means_backward(through(k_running, phi_k_running, grad_phi_k_running), layout.rate)
-        grad_v = running_block_means_backward(grad_values[..., :-1], layout.rate)
-        return grad_q, grad_k, grad_v, grad_decay, None, None, None, None
+    Args:
+        q, k: ``(B, H, T, D)``; v: ``(B, H, T, Dv)``, left-aligned rows; head_rates: the rate of each head.
+        chunk_size: C, a positive multiple of every rate: the shortest chunk (:func:`chunk_length`).
+        divide: divide by the kernel normaliser (else return the numerator).
+        block_decay: ``(H,)`` decay g per complete block of distance, or None (no decay).
+        packed: the time-major tensor whose :func:`.heads.time_major_heads` q, k and v are, if any (its
+            gradient is then one tensor).
+    Returns:
+        ``(B, H, T, Dv)`` in q's dtype, laid out time-major (:func:`.heads.heads_buffer`). With a feature map of
+        :func:`.feature_maps.has_formula_backward` the backward pass is :class:`_ChunkedCausal`'s.
+    """
+    groups = chunk_groups(head_rates, q.size(2), chunk_size)
+    if has_formula_backward(feature_map) and wants_gradients(q, k, v, block_decay):
+        layout, inputs = qkv_inputs(q, k, v, packed)
+        out = _ChunkedCausal.apply(layout, groups, block_decay, feature_map, eps, divide, *inputs)
+    else:
+        out = _heads_forward(q, k, v, groups, block_decay, feature_map, eps, divide)[0]
+    return out.to(q.dtype)
 
 
 def causal_attention(
@@ -377,7 +493,7 @@ def causal_attention(
     divide: bool = True,
     block_decay: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Causal AdaMRA attention of one rate group.
+    """Causal AdaMRA attention of one rate group: :func:`causal_heads` with every head at ``rate``.
 
     Args:
         q, k: ``(B, h, T, D)``; v: ``(B, h, T, Dv)``, left-aligned rows.
@@ -385,25 +501,6 @@ def causal_attention(
         divide: divide by the kernel normaliser (else return the numerator).
         block_decay: ``(h,)`` decay g per complete block of distance, or None (no decay).
     Returns:
-        ``(B, h, T, Dv)`` in q's dtype. With a feature map of :func:`.feature_maps.has_formula_backward` the
-        backward pass is :class:`_ChunkedCausal`'s.
+        ``(B, h, T, Dv)`` in q's dtype.
     """
-    if chunk_size % rate:
-        raise ValueError(f"chunk size {chunk_size} is not a multiple of rate {rate}")
-    seq_len = q.size(2)
-    input_dtype = q.dtype
-    acc = accumulation_dtype(input_dtype)
-    # Long sequences take longer chunks; one shorter than a chunk is not padded to a full one (same result).
-    chunk_size = chunk_length(seq_len, rate, chunk_size)
-    layout = ChunkLayout(rate, chunk_size, block_count(seq_len, chunk_size))
-    padded_len = layout.num_chunks * chunk_size
-    q, k, v = (x.to(acc) for x in (q, k, v))
-    if padded_len != seq_len:
-        q, k, v = (F.pad(x, (0, 0, 0, padded_len - seq_len)) for x in (q, k, v))
-    decay = block_decay.to(acc) if block_decay is not None else None
-    if has_formula_backward(feature_map):
-        out = _ChunkedCausal.apply(q, k, v, decay, layout, feature_map, eps, divide)
-    else:
-        k_running, v_running = running_block_means(k, rate), running_block_means(v, rate)
-        out = normalise(_numerator_and_sum(q, k_running, v_running, decay, layout, feature_map), eps, divide)
-    return out[:, :, :seq_len].to(input_dtype)
+    return causal_heads(q, k, v, (rate,) * q.size(1), chunk_size, feature_map, eps, divide, block_decay)
