@@ -428,22 +428,26 @@ class _ChunkedCausal(torch.autograd.Function):
         decay, normaliser, out, *inputs = ctx.saved_tensors
         q, k, v = ctx.layout.unpack(inputs)
         acc, seq_len = accumulation_dtype(q.dtype), q.size(2)
-        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device)
         decay_gradient = decay is not None and ctx.needs_input_grad[2]
         grad_decay = torch.zeros_like(decay, dtype=acc) if decay_gradient else None
+        # Every group's gradients first, then the whole gradients: in the time-major layout each group's rows
+        # touch every page of them, which, allocated first, would be resident next to every group's temporaries.
+        group_grads = []
         for group, layout in ctx.groups:
             length = layout.num_chunks * layout.chunk_size
-            group_grads = _group_backward(
+            group_grads.append(_group_backward(
                 *(_padded(x[:, group], length, acc) for x in (q, k, v)),
                 None if decay is None else decay[group].to(acc),
                 None if normaliser is None else _padded(normaliser[:, group], length, acc, value=1.0),
                 None if out is None else _padded(out[:, group], length, acc),
                 _padded(grad[:, group], length, acc), layout, ctx.feature_map, decay_gradient,
-            )
-            for target, group_grad in zip((dq, dk, dv), group_grads):
-                target[:, group] = group_grad[:, :, :seq_len]
+            ))
             if decay_gradient:
-                grad_decay[group] = group_grads[3]
+                grad_decay[group] = group_grads[-1][3]
+        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device)
+        for (group, _), pieces in zip(ctx.groups, group_grads):
+            for target, piece in zip((dq, dk, dv), pieces):
+                target[:, group] = piece[:, :, :seq_len]
         grad_decay = None if grad_decay is None else grad_decay.to(decay.dtype)
         return (None, None, grad_decay, None, None, None, *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
 
