@@ -51,6 +51,17 @@ def test_bidirectional_matches_naive_on_left_padded_batches(rate, feature_map, f
     assert torch.allclose(actual, expected, atol=TOL)
 
 
+def test_long_inputs_take_the_state_form_of_all_heads_unless_the_per_group_forms_are_much_cheaper():
+    from adamra_fairseq.ops.bidirectional import state_form_for_all_heads
+
+    hedgehog, rates = FEATURE_MAPS["hedgehog"], (1, 2, 4, 8)
+    # self-attention from 300 tokens: at most rate 8's quadratic form is cheaper, by a few percent
+    assert state_form_for_all_heads(384, 384, rates, hedgehog, 64, 64)
+    assert state_form_for_all_heads(4096, 4096, rates, hedgehog, 64, 64)
+    # a short target over a long source: the quadratic form per group is far cheaper
+    assert not state_form_for_all_heads(30, 4096, rates, hedgehog, 64, 64)
+
+
 def test_bidirectional_form_choice_follows_the_multiply_adds():
     # MT sentences with hedgehog features (F = 2 * 64): the quadratic order is cheaper
     assert quadratic_is_cheaper(queries=30, blocks=30, features=128, value_width=64)

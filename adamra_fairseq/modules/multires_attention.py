@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..ops.bidirectional import (
     attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
-    quadratic_form_is_cheaper,
+    state_form_for_all_heads,
 )
 from ..ops.causal import causal_attention, causal_heads
 from ..ops.dense import (
@@ -313,8 +313,7 @@ class MultiResolutionAttention(nn.Module):
         if dense_is_cheaper(k.size(2), q.size(2)):
             return bidirectional_dense(q, k, v, self.rate_of_head, key_padding_mask, self.feature_map, self.eps,
                                        self.divide, packed)
-        if not any(quadratic_form_is_cheaper(q.size(2), k.size(2), rate, self.feature_map, k.size(-1), v.size(-1))
-                   for rate in self.rates):
+        if state_form_for_all_heads(q.size(2), k.size(2), self.rates, self.feature_map, k.size(-1), v.size(-1)):
             return bidirectional_state(q, k, v, self.rate_of_head, key_padding_mask, self.feature_map, self.eps,
                                        self.divide, packed)
         return torch.cat([

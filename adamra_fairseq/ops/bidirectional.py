@@ -85,24 +85,56 @@ def pooled_keys_values(
     return k_mean, filled, with_ones(v_mean)
 
 
-def quadratic_is_cheaper(
+def form_costs(
     queries: int, blocks: int, features: int, value_width: int, pair_width: Optional[int] = None
-) -> bool:
-    """True if ``(phi(q) phi(kbar)^T) [vbar | 1]`` takes fewer multiply-adds than ``phi(q) [S | z]``.
+) -> Tuple[int, int]:
+    """Multiply-adds of the quadratic form ``(phi(q) phi(kbar)^T) [vbar | 1]`` and of the state form
+    ``phi(q) [S | z]``, per head.
 
     ``pair_width``: multiply-adds per query-block weight (default ``features``; the
     key width N when a dot-product kernel gives the weights from ``q.kbar``).
     """
     pair_width = features if pair_width is None else pair_width
-    return queries * blocks * (pair_width + value_width + 1) < (queries + blocks) * features * (value_width + 1)
+    return queries * blocks * (pair_width + value_width + 1), (queries + blocks) * features * (value_width + 1)
+
+
+def quadratic_is_cheaper(
+    queries: int, blocks: int, features: int, value_width: int, pair_width: Optional[int] = None
+) -> bool:
+    """True if the quadratic form takes fewer multiply-adds than the state form (:func:`form_costs`)."""
+    quadratic, state = form_costs(queries, blocks, features, value_width, pair_width)
+    return quadratic < state
+
+
+def _rate_form_costs(queries: int, keys: int, rate: int, feature_map: FeatureMap, key_width: int,
+                     value_width: int) -> Tuple[int, int]:
+    """:func:`form_costs` for ``queries`` over ``keys`` pooled at ``rate``, with ``feature_map`` applied to
+    ``key_width``-wide keys."""
+    return form_costs(queries, block_count(keys, rate), output_width(feature_map, key_width), value_width,
+                      pair_width(feature_map, key_width))
 
 
 def quadratic_form_is_cheaper(queries: int, keys: int, rate: int, feature_map: FeatureMap, key_width: int,
                               value_width: int) -> bool:
-    """:func:`quadratic_is_cheaper` for ``queries`` over ``keys`` pooled at ``rate``, with ``feature_map``
-    applied to ``key_width``-wide keys."""
-    return quadratic_is_cheaper(queries, block_count(keys, rate), output_width(feature_map, key_width), value_width,
-                                pair_width(feature_map, key_width))
+    """:func:`quadratic_is_cheaper` for ``queries`` over ``keys`` pooled at ``rate``."""
+    quadratic, state = _rate_form_costs(queries, keys, rate, feature_map, key_width, value_width)
+    return quadratic < state
+
+
+# The state form of all heads in one function (:func:`.state_attention.bidirectional_state`) is taken while its
+# multiply-adds are at most this much above those of the cheaper form per rate group: it saves the groups'
+# copies and concatenations. At 384 tokens (one row), where rate 8's quadratic form is 1% cheaper, one layer
+# took 25.7-28.4 ms (fastest of 9-11) through the per-group forms against 23.2-26.1 ms with the code before
+# the all-heads form; through the all-heads form, 20.2 against 20.2 (development probes, docs/benchmarks.md).
+STATE_FORM_MARGIN = 1.1
+
+
+def state_form_for_all_heads(queries: int, keys: int, rates, feature_map: FeatureMap, key_width: int,
+                             value_width: int) -> bool:
+    """Whether bidirectional attention of heads at ``rates`` (one entry per rate group) should take the state
+    form of all heads rather than the cheaper form per group (:data:`STATE_FORM_MARGIN`)."""
+    costs = [_rate_form_costs(queries, keys, rate, feature_map, key_width, value_width) for rate in rates]
+    return sum(state for _, state in costs) <= STATE_FORM_MARGIN * sum(min(pair) for pair in costs)
 
 
 def cached_blocks_are_cheaper(blocks: int, features: int, value_width: int, pair_width: int) -> bool:
