@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .feature_maps import DOT_PRODUCT_KERNELS, FeatureMap, elu_plus_one, output_width, pair_width
 from .padding import left_aligned_keys_values
 from .pooling import block_count, block_means
-from .state_attention import accumulation_dtype, bidirectional_state, block_features  # noqa: F401  (also read from here)
+from .state_attention import accumulation_dtype, bidirectional_state, block_features  # noqa: F401  (read from here too)
 
 
 def with_ones(v: torch.Tensor) -> torch.Tensor:

@@ -147,7 +147,7 @@ def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, e
 
 class _BidirectionalDense(torch.autograd.Function):
     """:func:`_bidirectional_forward` with a backward pass by formula: every group's gradients are written into
-    whole tensors (one per input, or the packed input's: :class:`QKVInputs`), where autograd would split the
+    whole tensors (one per input, or the packed input's: :class:`.heads.QKVInputs`), where autograd would split the
     inputs by group and concatenate the gradients; only the features, scores, normalisers and pooled values
     are kept."""
 
@@ -195,7 +195,7 @@ def bidirectional_dense(
     key_padding_mask ``(B, S)`` (True = pad, any layout) -> ``(B, H, T, Dv)`` in q's dtype, laid out
     time-major (:func:`heads_buffer`). With gradients and a feature map of :func:`has_formula_backward`, the
     backward pass is :class:`_BidirectionalDense`'s (one gradient for ``packed``, the time-major tensor whose
-    :func:`time_major_heads` q, k and v are, when given); else autograd's.
+    :func:`.heads.time_major_heads` q, k and v are, when given); else autograd's.
     """
     if wants_gradients(q, k, v) and has_formula_backward(feature_map):
         layout, inputs = qkv_inputs(q, k, v, packed)
@@ -295,7 +295,7 @@ def causal_dense(
     Args:
         q, k: ``(B, H, T, N)``; v: ``(B, H, T, Dv)``, left-aligned rows (trailing pads need no mask).
         head_rates: the rate of each head; block_decay: ``(H,)`` g per block of distance, or None.
-        packed: optional time-major tensor whose :func:`time_major_heads` are q, k and v (the backward pass
+        packed: optional time-major tensor whose :func:`.heads.time_major_heads` are q, k and v (the backward pass
             then returns its gradient as one tensor).
     Returns:
         ``(B, H, T, Dv)`` in q's dtype, laid out time-major (:func:`heads_buffer`). With gradients and a
