@@ -88,9 +88,10 @@ def _block_means(k, v, group: slice, partition: BlockPartition, dtype):
 
 
 # Queries (and key blocks) go through the features and the products in chunks of about this many feature
-# elements (all heads, all rows): 1 MB in fp32. A chunk's features are read by the next product while they are
-# still in the cache, and the chunks' temporaries reuse the same memory; whole-length temporaries were slower
-# (touching fresh pages and missing the cache: docs/benchmarks.md) and raised the peak memory.
+# elements (all heads, all rows): 2 MB in fp32. A chunk's features are read by the next product while they are
+# still in the cache, and the chunks' temporaries reuse the same memory. Whole-length temporaries were slower
+# (one op at 16384 tokens: 367 against 260 ms, fastest of 5; 2^16-2^18 were slower too, 2^20 level:
+# docs/benchmarks.md) and raised the peak memory.
 CHUNK_FEATURE_ELEMENTS = 2 ** 19
 
 
