@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from adamra_fairseq.ops.bidirectional import (
-    attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, pooled_keys_values,
-    quadratic_is_cheaper,
+    attend_blocks, attend_state, bidirectional_attention, block_features, cached_blocks_are_cheaper, normalise,
+    pooled_keys_values, quadratic_is_cheaper,
 )
 from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.dense import (
@@ -419,7 +419,7 @@ def test_chunked_causal_backward_by_formula_gives_the_naive_references_gradients
                 padded = [F.pad(x, (0, 0, 0, layout.num_chunks * layout.chunk_size - 17)) for x in (q, k, v)]
                 running = [causal.running_block_means(x, rate) for x in padded[1:]]
                 steps = causal._numerator_and_sum(padded[0], *running, decay, layout, feature_map)
-                by_autograd = causal.normalise(steps, 1e-6, divide)[:, :, :17]
+                by_autograd = normalise(steps, 1e-6, divide)[:, :, :17]
                 assert torch.allclose(by_autograd, out, atol=1e-12)
                 assert torch.allclose(actual[3], torch.autograd.grad(by_autograd, decay, upstream)[0], atol=1e-9)
 

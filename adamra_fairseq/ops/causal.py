@@ -41,9 +41,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .bidirectional import accumulation_dtype, normalise, with_ones
+from .bidirectional import accumulation_dtype, with_ones
 from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, has_formula_backward
-from .heads import heads_buffer, qkv_inputs, rate_groups
+from .heads import head_groups, heads_buffer, qkv_inputs
 from .pooling import block_count
 from .recompute import wants_gradients
 
@@ -374,20 +374,19 @@ def _padded(x: torch.Tensor, length: int, dtype: torch.dtype, value: float = 0.0
 
 def chunk_groups(head_rates: Sequence[int], seq_len: int, chunk_size: int) -> Tuple[Tuple[slice, ChunkLayout], ...]:
     """Each run of heads that share a rate, and how the op cuts its sequence (:func:`chunk_length`)."""
-    groups, first = [], 0
-    for rate, count in rate_groups(head_rates):
+    groups = []
+    for rate, heads in head_groups(head_rates):
         if chunk_size % rate:
             raise ValueError(f"chunk size {chunk_size} is not a multiple of rate {rate}")
         length = chunk_length(seq_len, rate, chunk_size)
-        groups.append((slice(first, first + count), ChunkLayout(rate, length, block_count(seq_len, length))))
-        first += count
+        groups.append((heads, ChunkLayout(rate, length, block_count(seq_len, length))))
     return tuple(groups)
 
 
 def _heads_forward(q, k, v, groups, decay, feature_map, eps, divide):
-    """Every group's :func:`_group_forward` (or autograd's steps, for maps without a formula backward), written
-    into one time-major output (:func:`.heads.heads_buffer`, accumulation dtype) and one normaliser
-    ``(B, H, T, 1)`` (None without ``divide``)."""
+    """Every group's :func:`_group_forward` (which autograd can differentiate, for maps without a formula
+    backward), written into one time-major output (:func:`.heads.heads_buffer`, accumulation dtype) and one
+    normaliser ``(B, H, T, 1)`` (None without ``divide``)."""
     acc = accumulation_dtype(q.dtype)
     batch, heads, seq_len, _ = q.shape
     out = heads_buffer(batch, heads, seq_len, v.size(-1), acc, q.device)
@@ -396,14 +395,9 @@ def _heads_forward(q, k, v, groups, decay, feature_map, eps, divide):
         padded_len = layout.num_chunks * layout.chunk_size
         qg, kg, vg = (_padded(x[:, group], padded_len, acc) for x in (q, k, v))
         group_decay = None if decay is None else decay[group].to(acc)
-        if has_formula_backward(feature_map):
-            group_out, group_normaliser = _group_forward(qg, kg, vg, group_decay, layout, feature_map, eps, divide)
-            if divide:
-                normaliser[:, group] = group_normaliser[:, :, :seq_len]
-        else:
-            k_running, v_running = running_block_means(kg, layout.rate), running_block_means(vg, layout.rate)
-            group_out = normalise(_numerator_and_sum(qg, k_running, v_running, group_decay, layout, feature_map),
-                                  eps, divide)
+        group_out, group_normaliser = _group_forward(qg, kg, vg, group_decay, layout, feature_map, eps, divide)
+        if divide:
+            normaliser[:, group] = group_normaliser[:, :, :seq_len]
         out[:, group] = group_out[:, :, :seq_len]
     return out, normaliser
 

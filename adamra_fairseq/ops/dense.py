@@ -48,7 +48,7 @@ import torch
 from .bidirectional import accumulation_dtype, kernel_weights
 from .causal import per_head_product, without_negligible
 from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, has_formula_backward
-from .heads import heads_buffer, qkv_inputs, rate_groups
+from .heads import head_groups, heads_buffer, qkv_inputs
 from .pooling import block_count, pooling_matrix
 from .recompute import wants_gradients
 
@@ -128,9 +128,8 @@ def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, e
     token_filled = None if key_padding_mask is None else real[:, None, None, :].to(acc)  # rate 1: the real tokens
     dot_kernel = feature_map if feature_map in DOT_PRODUCT_KERNELS else None
     out = heads_buffer(batch, heads, q.size(2), v.size(-1), acc, q.device)
-    groups, first = [], 0
-    for rate, count in rate_groups(head_rates):
-        group = slice(first, first + count)
+    groups = []
+    for rate, group in head_groups(head_rates):
         qg, kg, vg = q[:, group].to(acc), k[:, group].to(acc), v[:, group].to(acc)
         pool, filled = None, token_filled
         if rate == 1:  # read twice (kept for the backward pass too): one copy instead of one per product
@@ -141,7 +140,6 @@ def _bidirectional_forward(q, k, v, head_rates, key_padding_mask, feature_map, e
         phi_q, phi_k = (None, None) if dot_kernel else (feature_map(qg), feature_map(kg))
         out[:, group], saved = _read(phi_q, phi_k, filled, vg, eps, divide, dot_kernel, qg, kg)
         groups.append((group, pool, saved))
-        first += count
     return out.to(q.dtype), groups
 
 

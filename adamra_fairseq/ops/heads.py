@@ -24,6 +24,15 @@ def rate_groups(head_rates: Sequence[int]) -> List[Tuple[int, int]]:
     return groups
 
 
+def head_groups(head_rates: Sequence[int]) -> List[Tuple[int, slice]]:
+    """``(rate, heads)`` of each run of :func:`rate_groups`, its heads as a slice of the head axis."""
+    groups, first = [], 0
+    for rate, count in rate_groups(head_rates):
+        groups.append((rate, slice(first, first + count)))
+        first += count
+    return groups
+
+
 def heads_buffer(batch: int, heads: int, length: int, width: int, dtype, device) -> torch.Tensor:
     """An uninitialised ``(B, H, T, W)`` tensor laid out as ``(T, B, H, W)`` in memory: what fairseq's time-major
     output projection reads, so that the module's ``permute(2, 0, 1, 3).contiguous()`` copies nothing."""

@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .feature_maps import FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, output_width
-from .heads import heads_buffer, qkv_inputs, rate_groups
+from .heads import head_groups, heads_buffer, qkv_inputs
 from .pooling import BlockPartition, block_partition, pooled, unpooled
 from .recompute import wants_gradients
 
@@ -75,11 +75,8 @@ def _groups(head_rates: Sequence[int], real: Optional[torch.Tensor], keys: torch
             ) -> List[Tuple[slice, BlockPartition]]:
     """Each rate group's heads and how its keys fall into blocks."""
     batch, _, seq_len, _ = keys.shape
-    groups, first = [], 0
-    for rate, count in rate_groups(head_rates):
-        groups.append((slice(first, first + count), block_partition(real, seq_len, rate, dtype, keys.device, batch)))
-        first += count
-    return groups
+    return [(heads, block_partition(real, seq_len, rate, dtype, keys.device, batch))
+            for rate, heads in head_groups(head_rates)]
 
 
 def _block_means(k, v, group: slice, partition: BlockPartition, dtype):
