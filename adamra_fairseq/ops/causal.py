@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .bidirectional import accumulation_dtype, with_ones
 from .feature_maps import DOT_PRODUCT_KERNELS, FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, has_formula_backward
-from .heads import head_groups, heads_buffer, qkv_inputs
+from .heads import head_groups, heads_buffer, qkv_inputs, refuse_second_backward, reusable_for_gradient
 from .pooling import block_count
 from .recompute import wants_gradients
 
@@ -410,15 +410,17 @@ class _ChunkedCausal(torch.autograd.Function):
     would concatenate the groups' gradients, then those of q, k and v."""
 
     @staticmethod
-    def forward(ctx, layout, groups, decay, feature_map, eps, divide, *inputs):
+    def forward(ctx, layout, groups, decay, feature_map, eps, divide, reuse_input, *inputs):
         out, normaliser = _heads_forward(*layout.unpack(inputs), groups, decay, feature_map, eps, divide)
         ctx.layout, ctx.groups, ctx.feature_map = layout, groups, feature_map
         ctx.inputs = [(x.shape, x.dtype) for x in inputs]
+        ctx.reuse_input = reuse_input
         ctx.save_for_backward(decay, normaliser, out if divide else None, *inputs)
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_backward(ctx)
         decay, normaliser, out, *inputs = ctx.saved_tensors
         q, k, v = ctx.layout.unpack(inputs)
         acc, seq_len = accumulation_dtype(q.dtype), q.size(2)
@@ -438,12 +440,16 @@ class _ChunkedCausal(torch.autograd.Function):
             ))
             if decay_gradient:
                 grad_decay[group] = group_grads[-1][3]
-        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device)
+        # With reuse_input the whole gradient is the packed input's own memory: every group has read it by now.
+        ctx.input_overwritten = ctx.reuse_input
+        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device,
+                                                          inputs[0] if ctx.reuse_input else None)
         for (group, _), pieces in zip(ctx.groups, group_grads):
             for target, piece in zip((dq, dk, dv), pieces):
                 target[:, group] = piece[:, :, :seq_len]
         grad_decay = None if grad_decay is None else grad_decay.to(decay.dtype)
-        return (None, None, grad_decay, None, None, None, *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
+        return (None, None, grad_decay, None, None, None, None,
+                *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
 
 
 def causal_heads(
@@ -457,6 +463,7 @@ def causal_heads(
     divide: bool = True,
     block_decay: Optional[torch.Tensor] = None,
     packed: Optional[torch.Tensor] = None,
+    reuse_packed: bool = False,
 ) -> torch.Tensor:
     """Causal AdaMRA attention of all heads, chunked, each head at its rate.
 
@@ -466,7 +473,8 @@ def causal_heads(
         divide: divide by the kernel normaliser (else return the numerator).
         block_decay: ``(H,)`` decay g per complete block of distance, or None (no decay).
         packed: the time-major tensor whose :func:`.heads.time_major_heads` q, k and v are, if any (its
-            gradient is then one tensor).
+            gradient is then one tensor, written over ``packed`` itself if ``reuse_packed`` and
+            :func:`.heads.reusable_for_gradient` allows: pass it only when nothing reads ``packed`` after this op).
     Returns:
         ``(B, H, T, Dv)`` in q's dtype, laid out time-major (:func:`.heads.heads_buffer`). With a feature map of
         :func:`.feature_maps.has_formula_backward` the backward pass is :class:`_ChunkedCausal`'s.
@@ -474,7 +482,8 @@ def causal_heads(
     groups = chunk_groups(head_rates, q.size(2), chunk_size)
     if has_formula_backward(feature_map) and wants_gradients(q, k, v, block_decay):
         layout, inputs = qkv_inputs(q, k, v, packed)
-        out = _ChunkedCausal.apply(layout, groups, block_decay, feature_map, eps, divide, *inputs)
+        reuse = reuse_packed and reusable_for_gradient(packed, accumulation_dtype(q.dtype))
+        out = _ChunkedCausal.apply(layout, groups, block_decay, feature_map, eps, divide, reuse, *inputs)
     else:
         out = _heads_forward(q, k, v, groups, block_decay, feature_map, eps, divide)[0]
     return out.to(q.dtype)

@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .feature_maps import FEATURE_MAP_BACKWARDS, FeatureMap, elu_plus_one, output_width
-from .heads import head_groups, heads_buffer, qkv_inputs
+from .heads import head_groups, heads_buffer, qkv_inputs, refuse_second_backward, reusable_for_gradient
 from .pooling import BlockPartition, block_partition, pooled, unpooled
 from .recompute import wants_gradients
 
@@ -136,20 +136,27 @@ class _StateHeads(torch.autograd.Function):
     """:func:`_state_forward` with the backward pass of the module docstring."""
 
     @staticmethod
-    def forward(ctx, layout, head_rates, real, feature_map, eps, divide, *inputs):
+    def forward(ctx, layout, head_rates, real, feature_map, eps, divide, reuse_input, *inputs):
         out, states, normaliser = _state_forward(*layout.unpack(inputs), head_rates, real, feature_map, eps, divide)
         ctx.save_for_backward(states, normaliser, *inputs)
         ctx.layout, ctx.head_rates, ctx.real, ctx.feature_map = layout, head_rates, real, feature_map
         ctx.inputs = [(x.shape, x.dtype) for x in inputs]
+        ctx.reuse_input = reuse_input
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_backward(ctx)
         states, normaliser, *inputs = ctx.saved_tensors
         q, k, v = ctx.layout.unpack(inputs)
         acc, width = states.dtype, v.size(-1)
         batch, heads, length, _ = q.shape
-        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device)
+        # With reuse_input each chunk's gradient is written over the chunk of q, k or v it was formed from, after
+        # the last read of that chunk (the query pass reads only q, the key side only its group's k and v).
+        reuse = inputs[0] if ctx.reuse_input else None
+        ctx.input_overwritten = ctx.reuse_input
+        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device,
+                                                          reuse)
         summary_t, sums = states[..., :width].transpose(2, 3), states[..., width:].transpose(2, 3)
         d_states = torch.zeros_like(states)  # [dL/dS | dL/dz]
         for chunk in _chunks(length, batch * heads * states.size(2)):
@@ -170,7 +177,7 @@ class _StateHeads(torch.autograd.Function):
         for group, partition in _groups(ctx.head_rates, ctx.real, k, acc):
             _key_side_backward(ctx.feature_map, *_block_means(k, v, group, partition, acc), partition,
                                d_states[:, group], dk[:, group], dv[:, group])
-        return (None,) * 6 + tuple(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs))
+        return (None,) * 7 + tuple(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs))
 
 
 def _key_side_backward(feature_map, k_mean, v_mean, partition: BlockPartition, d_state, dk, dv) -> None:
@@ -184,8 +191,10 @@ def _key_side_backward(feature_map, k_mean, v_mean, partition: BlockPartition, d
     for chunk in _chunks(blocks, batch * heads * d_state.size(2)):
         phi_k, through_k = _features_with_backward(feature_map, k_mean[:, :, chunk],
                                                    None if filled is None else filled[..., chunk])
+        # both read before either is written: dk and dv may be k's and v's own memory (reuse_input)
+        d_k_chunk = through_k((v_mean[:, :, chunk] @ d_summary.transpose(2, 3)).add_(d_sums))
         d_v_mean[:, :, chunk] = phi_k @ d_summary
-        d_k_mean[:, :, chunk] = through_k((v_mean[:, :, chunk] @ d_summary.transpose(2, 3)).add_(d_sums))
+        d_k_mean[:, :, chunk] = d_k_chunk
     if not direct:
         unpooled(d_k_mean, partition, dk)
         unpooled(d_v_mean, partition, dv)
@@ -201,6 +210,7 @@ def bidirectional_state(
     eps: float = 1e-6,
     divide: bool = True,
     packed: Optional[torch.Tensor] = None,
+    reuse_packed: bool = False,
 ) -> torch.Tensor:
     """Non-causal AdaMRA attention of all heads in the state form ``phi(q) (phi(kbar)^T [vbar | 1])``.
 
@@ -208,10 +218,13 @@ def bidirectional_state(
     key_padding_mask ``(B, S)`` (True = pad, any layout; blocks start at each row's first real token) ->
     ``(B, H, T, Dv)`` in q's dtype, laid out time-major (:func:`.heads.heads_buffer`); normalised if
     ``divide``. ``packed``: the time-major tensor whose :func:`.heads.time_major_heads` q, k and v are, if
-    any; its gradient is then one tensor. With gradients the backward pass is :class:`_StateHeads`'s.
+    any; its gradient is then one tensor, written over ``packed`` itself if ``reuse_packed`` and
+    :func:`.heads.reusable_for_gradient` allows (pass it only when nothing reads ``packed`` after this op).
+    With gradients the backward pass is :class:`_StateHeads`'s.
     """
     real = None if key_padding_mask is None or not bool(key_padding_mask.any()) else ~key_padding_mask
     if not wants_gradients(q, k, v):
         return _state_forward(q, k, v, head_rates, real, feature_map, eps, divide)[0].to(q.dtype)
     layout, inputs = qkv_inputs(q, k, v, packed)
-    return _StateHeads.apply(layout, tuple(head_rates), real, feature_map, eps, divide, *inputs).to(q.dtype)
+    reuse = reuse_packed and reusable_for_gradient(packed, accumulation_dtype(q.dtype))
+    return _StateHeads.apply(layout, tuple(head_rates), real, feature_map, eps, divide, reuse, *inputs).to(q.dtype)
