@@ -307,6 +307,39 @@ def test_stacked_self_projection_gives_the_gradients_of_three_projections(causal
             assert torch.allclose(stacked, separate, atol=1e-10)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_self_attention_writes_the_projections_gradient_over_it_with_the_same_gradients(causal, monkeypatch):
+    """Above the dense limit the module hands its stacked projection to the state form or the chunked causal op
+    for reuse (the projection's gradient then arrives in the projection's own memory); the input's and the
+    parameters' gradients equal those with a buffer of its own (``reuse_projection_memory = False``)."""
+    module = make_module(rates=(1, 2, 4, 8), chunk=8, causal_decay=causal,
+                         **variant("scale", "hedgehog", 6, "denominator"))
+    length = dense.DENSE_MAX_LENGTH + 20
+    x = torch.randn(length, 2, EMBED, dtype=torch.float64)
+    upstream = torch.randn(length, 2, EMBED, dtype=torch.float64)
+    params = [p for p in module.parameters() if p.requires_grad]
+    linear = torch.nn.functional.linear
+    gradients, shared = [], []
+
+    def watched_linear(*args):  # sees the stacked projection and where its gradient lands
+        out = linear(*args)
+        if out.size(-1) > EMBED:
+            out.register_hook(lambda grad: shared.append(grad.data_ptr() == out.data_ptr()))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", watched_linear)
+    for reuse in (True, False):
+        monkeypatch.setattr(module, "reuse_projection_memory", reuse)
+        query = x.detach().requires_grad_()
+        out, _ = module(query, query, query, attn_mask=future_mask(length) if causal else None)
+        gradients.append(torch.autograd.grad(out, [query, *params], upstream, allow_unused=True))
+    assert shared == [True, False]
+    for reused, own in zip(*gradients):
+        assert (reused is None) == (own is None)
+        if reused is not None:
+            assert torch.equal(reused, own)
+
+
 def test_block_decay_is_kept_without_gradients_until_the_parameter_changes():
     module = make_module(rates=(1, 2, 4, 8), causal_decay=True)
     fresh = module.block_decay()  # with gradients: computed at every call, differentiable

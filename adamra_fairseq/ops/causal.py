@@ -402,6 +402,12 @@ def _heads_forward(q, k, v, groups, decay, feature_map, eps, divide):
     return out, normaliser
 
 
+def _write_group_gradients(targets, group: slice, pieces, seq_len: int) -> None:
+    """Writes one group's ``dL/dq``, ``dL/dk``, ``dL/dv`` (padded to whole chunks) into the whole gradients."""
+    for target, piece in zip(targets, pieces):
+        target[:, group] = piece[:, :, :seq_len]
+
+
 class _ChunkedCausal(torch.autograd.Function):
     """:func:`_heads_forward` with every group's backward pass written out (:func:`_group_backward`, feature maps
     of :func:`.feature_maps.has_formula_backward`). It keeps its inputs (in the model the stacked q/k/v
@@ -426,27 +432,35 @@ class _ChunkedCausal(torch.autograd.Function):
         acc, seq_len = accumulation_dtype(q.dtype), q.size(2)
         decay_gradient = decay is not None and ctx.needs_input_grad[2]
         grad_decay = torch.zeros_like(decay, dtype=acc) if decay_gradient else None
-        # Every group's gradients first, then the whole gradients: in the time-major layout each group's rows
-        # touch every page of them, which, allocated first, would be resident next to every group's temporaries.
+        shapes = [shape for shape, _ in ctx.inputs]
+        # With reuse_input the whole gradient is the packed input's own memory, and each group's gradients go
+        # there as soon as they are formed: they cover only the group's own columns of q, k and v, which no
+        # other group reads. Otherwise every group's gradients come first, then the whole gradients: in the
+        # time-major layout each group's rows touch every page of them, which, allocated first, would be
+        # resident next to every group's temporaries.
+        ctx.input_overwritten = ctx.reuse_input
+        grads = ctx.layout.gradient_buffers(shapes, acc, grad.device, inputs[0]) if ctx.reuse_input else None
         group_grads = []
         for group, layout in ctx.groups:
             length = layout.num_chunks * layout.chunk_size
-            group_grads.append(_group_backward(
+            pieces = _group_backward(
                 *(_padded(x[:, group], length, acc) for x in (q, k, v)),
                 None if decay is None else decay[group].to(acc),
                 None if normaliser is None else _padded(normaliser[:, group], length, acc, value=1.0),
                 None if out is None else _padded(out[:, group], length, acc),
                 _padded(grad[:, group], length, acc), layout, ctx.feature_map, decay_gradient,
-            ))
+            )
             if decay_gradient:
-                grad_decay[group] = group_grads[-1][3]
-        # With reuse_input the whole gradient is the packed input's own memory: every group has read it by now.
-        ctx.input_overwritten = ctx.reuse_input
-        grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device,
-                                                          inputs[0] if ctx.reuse_input else None)
-        for (group, _), pieces in zip(ctx.groups, group_grads):
-            for target, piece in zip((dq, dk, dv), pieces):
-                target[:, group] = piece[:, :, :seq_len]
+                grad_decay[group] = pieces[3]
+            if grads is not None:
+                _write_group_gradients(grads[1], group, pieces[:3], seq_len)
+            else:
+                group_grads.append((group, pieces[:3]))
+        if grads is None:
+            grads = ctx.layout.gradient_buffers(shapes, acc, grad.device)
+            for group, pieces in group_grads:
+                _write_group_gradients(grads[1], group, pieces, seq_len)
+        grads = grads[0]
         grad_decay = None if grad_decay is None else grad_decay.to(decay.dtype)
         return (None, None, grad_decay, None, None, None, None,
                 *(d.to(dtype) for d, (_, dtype) in zip(grads, ctx.inputs)))
