@@ -49,7 +49,7 @@ from ..ops.dense import (
     bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper,
 )
 from ..ops.feature_maps import FEATURE_MAPS, feature_width, pair_width
-from ..ops.heads import time_major_heads
+from ..ops.heads import head_view, time_major_heads
 from ..ops.padding import gather_time, has_padding, is_left_aligned, left_align_order, scatter_time
 from ..ops.recompute import recomputed
 from ..ops.recurrent import causal_step, initial_state, reorder_state
@@ -180,9 +180,8 @@ class MultiResolutionAttention(nn.Module):
 
     # ----- shapes ---------------------------------------------------------
     def _heads(self, x: Tensor) -> Tensor:
-        """``(T, B, H*D)`` -> ``(B, H, T, D)``."""
-        length, batch, _ = x.shape
-        return x.view(length, batch, self.num_heads, -1).permute(1, 2, 0, 3)
+        """``(T, B, H*D)`` -> ``(B, H, T, D)`` (a view)."""
+        return head_view(x, self.num_heads)
 
     def _transformed(self, x: Tensor, linear: nn.Linear, is_query: bool) -> Tensor:
         """``linear`` then the query/key transform: ``(T, B, C_in)`` -> ``(B, H, T, N)``, folded into one

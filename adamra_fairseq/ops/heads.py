@@ -39,12 +39,16 @@ def heads_buffer(batch: int, heads: int, length: int, width: int, dtype, device)
     return torch.empty(length, batch, heads, width, dtype=dtype, device=device).permute(1, 2, 0, 3)
 
 
+def head_view(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """The ``(B, H, T, W)`` view of a time-major ``(T, B, H * W)`` tensor (fairseq's layout), ``heads`` = H."""
+    length, batch, _ = x.shape
+    return x.view(length, batch, heads, -1).permute(1, 2, 0, 3)
+
+
 def time_major_heads(packed: torch.Tensor, widths: Sequence[int], heads: int) -> Tuple[torch.Tensor, ...]:
-    """The ``(B, H, T, w / H)`` views of the consecutive parts of widths ``widths`` of a time-major
-    ``(T, B, sum(widths))`` tensor: how the module splits its stacked q/k/v projection into heads."""
-    length, batch, _ = packed.shape
-    return tuple(part.view(length, batch, heads, -1).permute(1, 2, 0, 3)
-                 for part in packed.split(tuple(widths), dim=-1))
+    """The :func:`head_view` of each consecutive part of widths ``widths`` of a time-major ``(T, B, sum(widths))``
+    tensor: how the module splits its stacked q/k/v projection into heads."""
+    return tuple(head_view(part, heads) for part in packed.split(tuple(widths), dim=-1))
 
 
 class QKVInputs(NamedTuple):
