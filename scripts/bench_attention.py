@@ -17,13 +17,18 @@ Columns (all with the same width, heads and input):
 Every point runs in a fresh forked process: time is the median of the
 repeats after warm-up; memory is the growth of the process's peak resident
 set (ru_maxrss) over its resident set before the point started, i.e. what the
-step itself needed at its peak (weights, inputs, activations, gradients).
+step itself needed at its peak (weights, inputs, activations, gradients),
+and the code of torch's libraries that the point's kernels load: 24-28 MB
+for one layer at 512-1024 tokens on this CPU build, about 4 MB more for
+AdaMRA, whose kernels are more varied. Each point also records that code
+(``code_mb``, the growth of its file-backed resident pages), and the ratio
+lines give the memory ratio without it.
 By default that includes memory glibc's allocator keeps for reuse after
 tensors are freed, which depends on the order of allocations as much as on
 their sizes; with --live-memory each point's process maps every allocation
 of 64 KiB or more on its own (mallopt M_MMAP_THRESHOLD), so a freed tensor
-leaves the process at once and the peak counts the tensors alive together
-(Linux with glibc only). Every large tensor then comes fresh from the
+leaves the process at once and the peak counts the tensors alive together,
+with the code pages above (Linux with glibc only). Every large tensor then comes fresh from the
 kernel, which slows code that allocates many of them (AdaMRA ran at about
 half its speed at 4096 tokens): read only the memory column of such a run. A
 point that does not finish within --time-limit seconds, or whose process
@@ -55,6 +60,16 @@ import torch  # noqa: E402
 METHODS = ("mha", "mha_causal", "sdpa", "linear", "adamra", "adamra_causal")
 FULL_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 QUICK_LENGTHS = (128, 512, 2048, 4096)
+
+
+def file_backed_rss_kb() -> int:
+    """Resident pages of this process that map files (``RssFile`` in /proc/self/status): mostly the code of torch's
+    libraries, which a point loads as it first calls each kernel; 0 where the kernel does not report it."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    return 0
 
 
 def current_rss_kb() -> int:
@@ -112,7 +127,7 @@ def run_point(method, length, args, queue):
         release_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    baseline = current_rss_kb()
+    baseline, code_baseline = current_rss_kb(), file_backed_rss_kb()
     layer = build_layer(method, args.dim, args.heads, tuple(args.rates), args.feature_map)
     x = torch.randn(length, args.batch, args.dim, requires_grad=True)
     mask = None
@@ -132,7 +147,8 @@ def run_point(method, length, args, queue):
         if repeat >= args.warmup:
             times.append(elapsed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put({"time_s": statistics.median(times), "peak_mb": (peak - baseline) / 1024})
+    queue.put({"time_s": statistics.median(times), "peak_mb": (peak - baseline) / 1024,
+               "code_mb": (file_backed_rss_kb() - code_baseline) / 1024})
 
 
 def measure(method, length, args):
@@ -203,6 +219,12 @@ def core_gflops(length, args, causal):
         step()
         times.append(time.perf_counter() - start)
     return flops / statistics.median(times) / 1e9
+
+
+def data_memory(point) -> float:
+    """A point's peak memory growth less the library code it loaded (``code_mb``, which stays resident once
+    touched, so the later repeats reach their peak with all of it loaded): the memory its data needed."""
+    return point["peak_mb"] - point.get("code_mb", 0.0)
 
 
 def plot(results, lengths, path_prefix):
@@ -312,7 +334,8 @@ def main():
         causal, bidir = results["adamra_causal"][str(length)], ada
         parts = []
         if "time_s" in mha and "time_s" in ada:
-            parts.append(f"speed x{mha['time_s'] / ada['time_s']:.2f}, memory x{mha['peak_mb'] / max(ada['peak_mb'], 1e-3):.1f}")
+            parts.append(f"speed x{mha['time_s'] / ada['time_s']:.2f}, memory x{mha['peak_mb'] / max(ada['peak_mb'], 1e-3):.1f}"
+                         f" (x{data_memory(mha) / max(data_memory(ada), 1e-3):.2f} without code pages)")
         else:
             parts.append("mha " + mha.get("skipped", "-"))
         if "time_s" in causal and "time_s" in bidir:

@@ -148,3 +148,24 @@ def test_live_memory_maps_every_large_tensor_on_its_own():
     )
     mapped = {mode: int(run([sys.executable, "-c", code, mode], cwd=REPO_ROOT).stdout) for mode in ("live", "default")}
     assert mapped["live"] >= 1024 and mapped["default"] == 0
+
+
+def test_attention_points_record_the_library_code_they_load():
+    """bench_attention: a point's peak counts the code of torch's libraries its kernels load (file-backed
+    resident pages); each point records that growth as ``code_mb``, within its peak, and the memory ratio
+    without code pages subtracts it. A kernel never called before in the process loads code; an array of the
+    same size made by a kernel already called loads none (the control)."""
+    code = (
+        "import sys; sys.path.insert(0, 'scripts')\n"
+        "import torch\n"
+        "from bench_attention import file_backed_rss_kb\n"
+        "x = torch.ones(2 ** 16); x + x\n"
+        "before = file_backed_rss_kb(); y = x + x; same = file_backed_rss_kb() - before\n"
+        "before = file_backed_rss_kb(); torch.special.bessel_j1(x); torch.linalg.eigvals(torch.ones(6, 6))\n"
+        "print(same, file_backed_rss_kb() - before)\n"
+    )
+    same, new = map(int, run([sys.executable, "-c", code], cwd=REPO_ROOT).stdout.split())
+    assert same == 0 and new > 0
+    from bench_attention import data_memory
+
+    assert data_memory({"peak_mb": 40.0, "code_mb": 25.0}) == 15.0 and data_memory({"peak_mb": 40.0}) == 40.0
