@@ -12,7 +12,7 @@ from adamra_fairseq.ops.causal import causal_attention
 from adamra_fairseq.ops.dense import (
     bidirectional_dense, causal_dense, causal_dense_is_cheaper, dense_is_cheaper,
 )
-from adamra_fairseq.ops.heads import rate_groups, time_major_heads
+from adamra_fairseq.ops.heads import rate_groups, reusable_for_gradient, time_major_heads
 from adamra_fairseq.ops.feature_maps import FEATURE_MAPS, elu_plus_one, feature_width, relu, softmax_pair, taylor2
 from adamra_fairseq.ops.naive import naive_adamra_attention
 from adamra_fairseq.ops.padding import left_aligned_keys_values
@@ -923,6 +923,18 @@ def test_long_input_forms_can_write_the_packed_gradient_over_the_packed_input(fo
         out.backward(upstream, retain_graph=True)
         with pytest.raises(RuntimeError, match="backward pass can run only once"):
             out.backward(upstream)
+
+
+def test_only_a_contiguous_intermediate_in_the_accumulation_dtype_is_reused_for_its_gradient():
+    weight = torch.randn(6, 4, requires_grad=True)
+    made = torch.randn(3, 2, 4) @ weight.t()  # what the module's stacked projection is
+    assert reusable_for_gradient(made, torch.float32)
+    assert not reusable_for_gradient(None, torch.float32)
+    assert not reusable_for_gradient(made, torch.float64)  # another dtype: the gradient needs its own buffer
+    assert not reusable_for_gradient(made.transpose(0, 1), torch.float32)  # not contiguous
+    assert not reusable_for_gradient(made.detach().requires_grad_(), torch.float32)  # a leaf is the caller's
+    half = torch.randn(3, 2, 4).bfloat16() @ weight.bfloat16().t()  # bf16 training: gradients accumulate in fp32
+    assert half.grad_fn is not None and not reusable_for_gradient(half, torch.float32)
 
 
 def test_dense_form_is_chosen_for_short_inputs_only():
