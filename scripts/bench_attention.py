@@ -18,21 +18,23 @@ Every point runs in a fresh forked process: time is the median of the
 repeats after warm-up; memory is the growth of the process's peak resident
 set (ru_maxrss) over its resident set before the point started, i.e. what the
 step itself needed at its peak (weights, inputs, activations, gradients),
-and the code of torch's libraries that the point's kernels load: 24-28 MB
-for one layer at 512-1024 tokens on this CPU build, about 4 MB more for
-AdaMRA, whose kernels are more varied. Each point also records that code
-(``code_mb``, the growth of its file-backed resident pages), and the ratio
-lines give the memory ratio without it.
+and the code of torch's libraries that the point's kernels load (on this CPU
+build, 2026-12-02: about 20 MB for fairseq's layer and 25 MB for AdaMRA's,
+whose kernels are more varied, at every length from 512 to 4096 tokens).
+Each point also records that code (``code_mb``, the growth of its
+file-backed resident pages), and the ratio lines give the memory ratio
+without it.
 By default that includes memory glibc's allocator keeps for reuse after
 tensors are freed, which depends on the order of allocations as much as on
 their sizes; with --live-memory each point's process maps every allocation
 of 64 KiB or more on its own (mallopt M_MMAP_THRESHOLD), so a freed tensor
 leaves the process at once and the peak counts the tensors alive together,
-with the code pages above (Linux with glibc only). Every large tensor then comes fresh from the
-kernel, which slows code that allocates many of them (AdaMRA ran at about
-half its speed at 4096 tokens): read only the memory column of such a run. A
-point that does not finish within --time-limit seconds, or whose process
-dies (e.g. out of memory), is recorded as skipped with the reason. (fairseq's
+with the code pages above (Linux with glibc only). Every large tensor then
+comes fresh from the kernel, which slows code that allocates many of them
+(AdaMRA ran at about half its speed at 4096 tokens): read only the memory
+column of such a run. A point that does not finish within --time-limit
+seconds, or whose process dies (e.g. out of memory), is recorded as skipped
+with the reason. (fairseq's
 MultiheadAttention calls torch's multi_head_attention_forward, which on this
 torch runs fused scaled-dot-product attention when no weights are requested:
 its memory does not grow as n^2.)

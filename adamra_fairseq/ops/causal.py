@@ -438,7 +438,6 @@ class _ChunkedCausal(torch.autograd.Function):
         # other group reads. Otherwise every group's gradients come first, then the whole gradients: in the
         # time-major layout each group's rows touch every page of them, which, allocated first, would be
         # resident next to every group's temporaries.
-        ctx.input_overwritten = ctx.reuse_input
         grads = ctx.layout.gradient_buffers(shapes, acc, grad.device, inputs[0]) if ctx.reuse_input else None
         group_grads = []
         for group, layout in ctx.groups:

@@ -103,8 +103,10 @@ def reusable_for_gradient(packed: Optional[torch.Tensor], dtype: torch.dtype) ->
 
 
 def refuse_second_backward(ctx) -> None:
-    """Raises if ``ctx``'s backward pass already ran after writing gradients over its packed input."""
-    if getattr(ctx, "input_overwritten", False):
+    """Called first in the backward pass of an op whose ``ctx.reuse_input`` says it writes gradients over its packed
+    input: raises if that pass already ran on ``ctx``, else records that it runs now."""
+    overwritten, ctx.input_overwritten = getattr(ctx, "input_overwritten", False), ctx.reuse_input
+    if overwritten:
         raise RuntimeError(
             "AdaMRA's attention wrote its input's gradient over the input, so its backward pass can run only once: "
             "call backward once (no retain_graph=True), or set MultiResolutionAttention.reuse_projection_memory = False"

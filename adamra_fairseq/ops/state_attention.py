@@ -154,7 +154,6 @@ class _StateHeads(torch.autograd.Function):
         # With reuse_input each chunk's gradient is written over the chunk of q, k or v it was formed from, after
         # the last read of that chunk (the query pass reads only q, the key side only its group's k and v).
         reuse = inputs[0] if ctx.reuse_input else None
-        ctx.input_overwritten = ctx.reuse_input
         grads, (dq, dk, dv) = ctx.layout.gradient_buffers([shape for shape, _ in ctx.inputs], acc, grad.device,
                                                           reuse)
         summary_t, sums = states[..., :width].transpose(2, 3), states[..., width:].transpose(2, 3)
