@@ -30,8 +30,8 @@ test-slow: $(STAMP)
 	$(PYTEST) -q -m slow tests || [ $$? -eq 5 ]  # exit 5: no test is marked slow
 
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_attention.py --quick
-	$(BIN)/python scripts/bench_generate.py --quick
+	$(BIN)/python scripts/benchmarks/bench_attention.py --quick
+	$(BIN)/python scripts/benchmarks/bench_generate.py --quick
 
 compare: $(STAMP)
 	$(BIN)/python scripts/compare.py $(COMPARE_ARGS)

@@ -19,6 +19,16 @@ setup(
         "sentencepiece",
         "sacrebleu>=2",
     ],
+    # In the style of fairseq's fairseq-* commands; each also runs as python -m (and scripts/*.py from a checkout).
+    entry_points={
+        "console_scripts": [
+            "adamra-compare = adamra_fairseq.cli.compare:main",
+            "adamra-lenpen-sweep = adamra_fairseq.cli.lenpen_sweep:main",
+            "adamra-ablation-table = adamra_fairseq.cli.ablation_table:main",
+            "adamra-convert = adamra_fairseq.convert:main",
+            "adamra-score = adamra_fairseq.evaluation:main",
+        ],
+    },
     extras_require={"test": ["pytest"], "plots": ["matplotlib"]},
     license="MIT",
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: the short version of scripts/compare.py. Builds the Debian
+# make demo: the short version of adamra-compare. Builds the Debian
 # German-English corpus, trains a tiny vanilla transformer and a tiny AdaMRA
 # transformer of the same size for the same number of updates on the CPU,
 # translates both test sets (beam 5) and prints sacreBLEU BLEU/chrF with

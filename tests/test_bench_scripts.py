@@ -1,4 +1,5 @@
-"""The benchmark scripts build the model the command line asks for, and the activation probe counts real saves."""
+"""The benchmark scripts (scripts/benchmarks/) build the model the command line asks for, and the training profile
+counts real saves."""
 
 import argparse
 import os
@@ -11,10 +12,11 @@ import pytest
 
 from conftest import REPO_ROOT, run
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+BENCHMARKS = os.path.join(REPO_ROOT, "scripts", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
 
 from bench_generate import adamra_settings, build_model, describe_adamra  # noqa: E402
-from probe_saved_activations import saved_bytes_by_line  # noqa: E402
+from profile_training import saved_bytes_by_line  # noqa: E402
 
 from adamra_fairseq.modules.options import add_adamra_args  # noqa: E402
 
@@ -64,7 +66,7 @@ def test_probe_counts_each_saved_storage_once_under_the_line_that_saved_it():
 def test_benchmark_tables_must_be_json_paths(tmp_path, script):
     """--out names the JSON table (its stem is the folder of run logs): a folder-like path is refused up front."""
     out = str(tmp_path / "table")
-    result = run([sys.executable, os.path.join(REPO_ROOT, "scripts", script), "--out", out, "a=b"], check=False)
+    result = run([sys.executable, os.path.join(BENCHMARKS, script), "--out", out, "a=b"], check=False)
     assert result.returncode != 0
     assert f"--out {out} is not a .json path" in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(out)
@@ -90,7 +92,7 @@ def test_output_lengths_counts_long_and_short_segments_against_their_references(
 
 
 def test_profile_decode_times_and_profiles_beam_search(tiny_adamra_checkpoint, tiny_data_bin, tmp_path):
-    script = os.path.join(REPO_ROOT, "scripts", "profile_decode.py")
+    script = os.path.join(BENCHMARKS, "profile_decode.py")
     result = run([sys.executable, script, tiny_adamra_checkpoint, "--data-bin", tiny_data_bin, "--subset", "test",
                   "--beam", "2", "--sentences", "5", "--repeats", "1", "--rows", "5"])
     summary = re.search(r"(\d+) decoder steps, (\d+) output tokens in [\d.]+ s .*?: ([\d.]+) tokens/s, "
@@ -113,7 +115,7 @@ def test_profile_decode_times_and_profiles_beam_search(tiny_adamra_checkpoint, t
 
 
 def test_profile_training_times_each_part_of_both_models():
-    script = os.path.join(REPO_ROOT, "scripts", "profile_training.py")
+    script = os.path.join(BENCHMARKS, "profile_training.py")
     result = run([sys.executable, script, "--size", "tiny", "--sentences", "3", "--length", "6", "--repeats", "1",
                   "--rows", "4"])
     rows = {name: (float(transformer), float(adamra)) for name, transformer, adamra in re.findall(
@@ -123,6 +125,8 @@ def test_profile_training_times_each_part_of_both_models():
                          "  of which the attention op: decoder self-attention"}, result.stdout
     assert all(min(times) > 0 for times in rows.values())
     assert "| the rest (" in result.stdout and "aten::" in result.stdout  # the operator table
+    saved = dict(re.findall(r"^(transformer|adamra): ([\d.]+) MB saved for the backward pass", result.stdout, re.M))
+    assert set(saved) == {"transformer", "adamra"} and all(float(mb) > 0 for mb in saved.values()), result.stdout
     bad = run([sys.executable, script, "--repeats", "0"], check=False)
     assert bad.returncode == 2 and "must be positive" in bad.stderr.strip().splitlines()[-1]
 
@@ -133,7 +137,7 @@ def test_live_memory_maps_every_large_tensor_on_its_own():
     default peak counts). After release_freed_memory() a 1 MB tensor is still mapped on its own (so freeing it
     unmaps it); without it, it is not (the control, so the test can fail)."""
     code = (
-        "import ctypes, sys; sys.path.insert(0, 'scripts')\n"
+        "import ctypes, sys; sys.path.insert(0, 'scripts/benchmarks')\n"
         "import torch\n"
         "from bench_attention import release_freed_memory\n"
         "class Info(ctypes.Structure):\n"
@@ -156,7 +160,7 @@ def test_attention_points_record_the_library_code_they_load():
     without code pages subtracts it. A kernel never called before in the process loads code; an array of the
     same size made by a kernel already called loads none (the control)."""
     code = (
-        "import sys; sys.path.insert(0, 'scripts')\n"
+        "import sys; sys.path.insert(0, 'scripts/benchmarks')\n"
         "import torch\n"
         "from bench_attention import file_backed_rss_kb\n"
         "x = torch.ones(2 ** 16); x + x\n"

@@ -169,8 +169,7 @@ def test_document_corpus_trains_generates_and_scores_split_paragraphs(tmp_path):
          "--init-from", f"adamra={out}", "--out", str(continued)])
     continued_log = (continued / "adamra" / "seed1" / "train.log").read_text()
     assert f"Loaded checkpoint {out}/adamra/seed1/checkpoint_last.pt" in continued_log
-    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-    from compare import previous_training_hours
+    from adamra_fairseq.cli.compare import previous_training_hours
 
     parent_hours = previous_training_hours(str(out / "adamra" / "seed1" / "checkpoint_last.pt"))
     assert 0 < parent_hours < previous_training_hours(str(continued / "adamra" / "seed1" / "checkpoint_last.pt"))

@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from conftest import REPO_ROOT, TINY_MODEL_FLAGS, USER_DIR, run, train_tiny
+from conftest import BIN_DIR, REPO_ROOT, TINY_MODEL_FLAGS, USER_DIR, run, train_tiny
 
 GENERATE = os.path.join(REPO_ROOT, "scripts", "generate.sh")
 
@@ -130,9 +130,10 @@ def test_hub_interface_translates_with_an_adamra_checkpoint(tiny_data_bin, tiny_
 
 
 def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
-    """scripts/compare.py end to end on the toy corpus (a few updates), then scripts/ablation_table.py over it."""
+    """adamra-compare end to end on the toy corpus (a few updates), then scripts/ablation_table.py over it; the
+    later runs take the script form (scripts/compare.py) of the same command."""
     out = tmp_path / "compare"
-    result = run([sys.executable, "scripts/compare.py", "--data-bin", tiny_data_bin, "--seeds", "1",
+    result = run([os.path.join(BIN_DIR, "adamra-compare"), "--data-bin", tiny_data_bin, "--seeds", "1",
                   "--max-update", "3", "--validate-interval-updates", "1", "--warmup-updates", "2",
                   "--max-tokens", "1000", "--threads", "1", "--adamra-rates", "1,2", "--heads", "2",
                   "--out", str(out)])
@@ -147,6 +148,7 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
         scores = record["tests"]["test-toy"]
         assert scores["sentences"] == 19 and "nrefs:1" in scores["bleu_signature"]
         assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()
+        assert "Command: `adamra-compare --data-bin " in (out / "report.md").read_text()
         train_log = (out / model / "seed1" / "train.log").read_text()
         assert "encoder_attention_heads=2" in train_log and "decoder_attention_heads=2" in train_log
         assert "lr=[0.002]" in train_log  # the tiny size's default peak learning rate
@@ -189,3 +191,22 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
 
     missing = run([sys.executable, "scripts/ablation_table.py", f"x={tmp_path / 'nowhere'}"], check=False)
     assert missing.returncode != 0 and "is not LABEL=DIR with an existing DIR" in missing.stderr
+
+
+def test_console_commands_resolve_to_the_tools_and_the_module_form_still_runs():
+    """setup.py's console commands name the same main() functions that python -m and scripts/*.py run."""
+    from importlib.metadata import entry_points
+
+    commands = {entry.name: entry for entry in entry_points(group="console_scripts") if entry.name.startswith("adamra-")}
+    assert set(commands) == {"adamra-compare", "adamra-lenpen-sweep", "adamra-ablation-table", "adamra-convert",
+                             "adamra-score"}
+    for name, entry in commands.items():
+        assert callable(entry.load()), name
+        assert os.path.isfile(os.path.join(BIN_DIR, name)), f"{name} is not installed: run make venv"
+    from adamra_fairseq.cli import ablation_table, compare, lenpen_sweep
+
+    assert commands["adamra-compare"].load() is compare.main
+    assert commands["adamra-lenpen-sweep"].load() is lenpen_sweep.main
+    assert commands["adamra-ablation-table"].load() is ablation_table.main
+    usage = run([sys.executable, "-m", "adamra_fairseq.cli.ablation_table", "--help"]).stdout
+    assert usage.startswith("usage: ") and "LABEL=DIR" in usage

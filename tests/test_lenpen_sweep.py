@@ -1,18 +1,17 @@
-"""scripts/lenpen_sweep.py: chooses the length penalty on valid only and leaves the checkpoint's folder alone."""
+"""adamra-lenpen-sweep: chooses the length penalty on valid only and leaves the checkpoint's folder alone."""
 
 import json
 import os
-import sys
 
-from conftest import REPO_ROOT, run
+from conftest import BIN_DIR, run
 
-SCRIPT = os.path.join(REPO_ROOT, "scripts", "lenpen_sweep.py")
+COMMAND = os.path.join(BIN_DIR, "adamra-lenpen-sweep")  # the console command of setup.py
 
 
 def test_sweep_picks_the_best_valid_lenpen_and_scores_every_test_set(tiny_data_bin, tiny_adamra_checkpoint, tmp_path):
     before = sorted(os.listdir(os.path.dirname(tiny_adamra_checkpoint)))
     out = tmp_path / "sweep"
-    run([sys.executable, SCRIPT, "--data-bin", str(tiny_data_bin), "--lenpens", "0.5,2", "--threads", "1",
+    run([COMMAND, "--data-bin", str(tiny_data_bin), "--lenpens", "0.5,2", "--threads", "1",
          "--out", str(out), f"toy={tiny_adamra_checkpoint}"])
     result = json.loads((out / "sweep.json").read_text())["results"]["toy"]
     valid = {float(lenpen): scores["bleu"] for lenpen, scores in result["valid"].items()}
@@ -28,7 +27,7 @@ def test_sweep_picks_the_best_valid_lenpen_and_scores_every_test_set(tiny_data_b
 
 
 def test_sweep_refuses_a_missing_checkpoint_in_one_line(tmp_path):
-    result = run([sys.executable, SCRIPT, "--out", str(tmp_path / "o"), f"x={tmp_path / 'none.pt'}"], check=False)
+    result = run([COMMAND, "--out", str(tmp_path / "o"), f"x={tmp_path / 'none.pt'}"], check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith("expected NAME=CHECKPOINT with an existing checkpoint file")
     assert not (tmp_path / "o").exists()

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from adamra_fairseq.modules.options import AdaMRAOptionError, parse_adamra_options
+from adamra_fairseq.modules.options import AdaMRAOptionError, add_adamra_args, parse_adamra_options
 from conftest import USER_DIR, run
 
 
@@ -141,14 +141,23 @@ def test_tuned_taylor_preset_changes_only_cross_attention():
     assert plain.for_cross_attention().feature_map == "hedgehog"
 
 
-def test_tuned_blocks_preset_is_tuned_taylor_with_source_blocks_in_cross_attention():
+def test_recommended_preset_is_tuned_taylor_with_source_blocks_in_cross_attention():
     taylor = parse_adamra_options(namespace(adamra_preset="tuned-taylor"))
-    blocks = parse_adamra_options(namespace(adamra_preset="tuned-blocks"))
-    assert dataclasses.replace(blocks, cross=taylor.cross) == taylor
-    assert blocks.for_cross_attention() == dataclasses.replace(taylor.for_cross_attention(), blocks=64)
+    recommended = parse_adamra_options(namespace(adamra_preset="recommended"))
+    assert dataclasses.replace(recommended, cross=taylor.cross) == taylor
+    assert recommended.for_cross_attention() == dataclasses.replace(taylor.for_cross_attention(), blocks=64)
     # checkpoints of the older presets, which have no adamra_cross_blocks, keep kernel cross-attention
     assert taylor.for_cross_attention().blocks == 0
-    assert parse_adamra_options(namespace(adamra_preset="tuned-blocks", adamra_cross_blocks=0)) == taylor
+    assert parse_adamra_options(namespace(adamra_preset="recommended", adamra_cross_blocks=0)) == taylor
+
+
+def test_earlier_preset_name_is_the_recommended_preset_and_is_stored_by_its_new_name():
+    """tuned-blocks was the default's name until 2026-12-07: its checkpoints store it and must build the same
+    model; what is saved from now on is the preset's present name."""
+    args = namespace(adamra_preset="tuned-blocks")
+    assert parse_adamra_options(args) == parse_adamra_options(namespace(adamra_preset="recommended"))
+    assert args.adamra_preset == "recommended"
+    assert parse_adamra_options(namespace()) == parse_adamra_options(namespace(adamra_preset="recommended"))
 
 
 def test_options_saved_before_presets_existed_keep_the_original_defaults():
@@ -164,7 +173,9 @@ def test_options_saved_before_presets_existed_keep_the_original_defaults():
 
 
 def test_unknown_preset_is_rejected():
-    with pytest.raises(AdaMRAOptionError, match="--adamra-preset 'best' is unknown: choose one of original, tuned, tuned-decay, tuned-taylor, tuned-blocks"):
+    with pytest.raises(AdaMRAOptionError, match=r"--adamra-preset 'best' is unknown: choose recommended \(the default\) "
+                                                r"or original \(earlier names: tuned, tuned-decay, tuned-taylor, "
+                                                r"tuned-blocks\)"):
         parse_adamra_options(namespace(adamra_preset="best"))
 
 
@@ -229,3 +240,24 @@ def test_softmax_cross_attention_works_with_the_default_preset():
     assert options.places == ("encoder", "decoder") and "blocks" not in options.cross
     with pytest.raises(AdaMRAOptionError, match="--adamra-cross-blocks 32 needs AdaMRA cross-attention"):
         parse_adamra_options(namespace(adamra_attention="encoder,decoder", adamra_cross_blocks=32))
+
+
+def test_the_flags_help_presents_the_preset_choice_and_every_flag(capsys):
+    """python -m adamra_fairseq prints what fairseq-train --help cannot (it stops before a model adds its flags):
+    every --adamra-* flag, and the two presets a user chooses between, by what they are for."""
+    import re
+
+    from adamra_fairseq.__main__ import main
+
+    assert main([]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    parser = argparse.ArgumentParser()
+    add_adamra_args(parser)
+    flags = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    assert flags and all(flag in text for flag in flags)
+    assert re.search(r"recommended \(the default\) = what translated best", text)
+    assert re.search(r"original = the method as first defined", text)
+    assert "(default taylor2; as --adamra-feature-map with preset original)" in text
+    with pytest.raises(SystemExit) as bad:
+        main(["--adamra-preset", "best"])
+    assert bad.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err

@@ -1,13 +1,9 @@
-"""scripts/progress.py: the status line compare.py shows while fairseq trains or generates."""
+"""adamra_fairseq/cli/progress.py: the status line adamra-compare shows while fairseq trains or generates."""
 
 import io
-import os
-import sys
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-from progress import GenerationWatcher, Reporter, TrainingWatcher  # noqa: E402
+from adamra_fairseq.cli.compare import parse_training_log
+from adamra_fairseq.cli.progress import GenerationWatcher, Reporter, Status, TrainingWatcher
 
 TRAIN_INNER = ("2026-11-30 20:33:10 | INFO | train_inner | epoch 002:    183 / 267 loss=7.567, nll_loss=6.651, "
                "ppl=100.52, wps=1281.7, ups=0.4, wpb=3241.2, bsz=200.2, num_updates={update}, lr=0.0013\n")
@@ -28,7 +24,9 @@ def test_training_status_follows_the_log_as_it_grows(tmp_path):
     watcher.started -= 60  # 100 more updates in a minute: the 800 left take 8 minutes
     with open(log, "a") as handle:
         handle.write(TRAIN_INNER.format(update=150)[40:] + VALID.format(update=200))
-    assert watcher() == "update 200/1000, loss 7.567, valid 7.774, about 8.0 min left"
+    status = watcher()
+    assert status == "update 200/1000, loss 7.567, valid 7.774, about 8.0 min left"
+    assert status.progress == "update 200/1000, loss 7.567, valid 7.774"  # what moved, without the estimate
 
 
 def test_training_status_with_a_time_budget(tmp_path):
@@ -98,10 +96,25 @@ def test_reporter_rewrites_one_line_on_a_terminal_and_rate_limits_plain_output()
     assert plain.getvalue() == "      train: update 1\n      train: update 3\n"
 
 
-def test_training_log_gives_validation_loss_by_update_and_by_minute(tmp_path):
-    """compare.py's log parser: each validation at its update and at the minutes since the log began."""
-    from compare import parse_training_log
+def test_plain_output_repeats_a_run_that_did_not_move_only_every_few_minutes():
+    """Only the time estimate changed: no new line after a minute, one after five (the run is still alive)."""
+    plain = FakeTerminal(False)
+    reporter = Reporter("train", plain, interval=60, quiet_interval=300)
+    reporter.show(Status("update 50/600, loss 7.1", "about 9.0 min left"))
+    reporter.last_shown -= 61
+    reporter.show(Status("update 50/600, loss 7.1", "about 8.0 min left"))  # nothing moved: not shown
+    reporter.show(Status("update 51/600, loss 7.1", "about 8.0 min left"))  # moved, a minute passed: shown
+    reporter.last_shown -= 299
+    reporter.show(Status("update 51/600, loss 7.1", "about 4.0 min left"))  # not moved, under five minutes
+    reporter.last_shown -= 1
+    reporter.show(Status("update 51/600, loss 7.1", "about 3.0 min left"))  # not moved, five minutes: shown
+    assert plain.getvalue().splitlines() == ["      train: update 50/600, loss 7.1, about 9.0 min left",
+                                             "      train: update 51/600, loss 7.1, about 8.0 min left",
+                                             "      train: update 51/600, loss 7.1, about 3.0 min left"]
 
+
+def test_training_log_gives_validation_loss_by_update_and_by_minute(tmp_path):
+    """adamra-compare's log parser: each validation at its update and at the minutes since the log began."""
     log = tmp_path / "train.log"
     log.write_text("2026-11-30 20:10:14 | INFO | fairseq_cli.train | model transformer\n"
                    + TRAIN_INNER.format(update=100)

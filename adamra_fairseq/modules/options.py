@@ -21,9 +21,11 @@ BALANCE_CRITERION = "adamra_label_smoothed_cross_entropy"
 ATTENTION_PLACES = ("encoder", "decoder", "cross")
 # Options that self- and cross-attention may set differently (--adamra-X and --adamra-cross-X).
 PER_PLACE = ("rates", "feature_map", "feature_dim", "qk_norm", "normaliser")
-# Defaults of the settings that shape the kernel attention, by --adamra-preset. "original" is the
-# method as first defined (elu + 1 everywhere, the kernel denominator); "tuned-blocks" is what translated best
-# in docs/results.md. Checkpoints remember their preset; ones written before presets existed are "original".
+# Defaults of the settings that shape the kernel attention, by --adamra-preset. The choice a user makes:
+# "recommended" (the default: what translated best in docs/results.md) or "original" (the method as first
+# defined: elu + 1 everywhere, the kernel denominator, the same rates in every place). The other names are the
+# steps of the quality screen between the two; they keep their meaning so that their checkpoints load and their
+# runs can be repeated. Checkpoints remember their preset; ones written before presets existed are "original".
 # A released preset keeps its meaning (checkpoints leave unset cross values to it): add a new one instead.
 _SAME_IN_CROSS = {"adamra_cross_feature_map": None, "adamra_cross_qk_norm": None}  # None: as self-attention
 _TUNED_TAYLOR = {
@@ -32,11 +34,15 @@ _TUNED_TAYLOR = {
     "adamra_cross_feature_map": "taylor2", "adamra_cross_qk_norm": "scale",
 }
 PRESETS = {
+    # Hedgehog features in self-attention, a learned decay in decoder self-attention, and cross-attention as a
+    # softmax over at most 64 source blocks, q scaled by D^-1/2 (its Taylor feature map is unused there)
+    "recommended": {**_TUNED_TAYLOR, "adamra_cross_blocks": 64},
     "original": {
         "adamra_feature_map": "elu", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": None, **_SAME_IN_CROSS,
         "adamra_cross_blocks": 0,
     },
+    # the screen's steps: Hedgehog features and one rate in cross-attention
     "tuned": {
         "adamra_feature_map": "hedgehog", "adamra_feature_dim": 0, "adamra_qk_norm": "none",
         "adamra_normaliser": "denominator", "adamra_decay": "none", "adamra_cross_rates": "1", **_SAME_IN_CROSS,
@@ -47,13 +53,15 @@ PRESETS = {
         "adamra_normaliser": "denominator", "adamra_decay": "learned", "adamra_cross_rates": "1", **_SAME_IN_CROSS,
         "adamra_cross_blocks": 0,
     },
-    # tuned-decay with Taylor features and q scaled by D^-1/2 in cross-attention
+    # tuned-decay with Taylor features and q scaled by D^-1/2 in cross-attention: the best kernel cross-attention
     "tuned-taylor": {**_TUNED_TAYLOR, "adamra_cross_blocks": 0},
-    # tuned-taylor with cross-attention as a softmax over at most 64 source blocks (their feature map is unused)
-    "tuned-blocks": {**_TUNED_TAYLOR, "adamra_cross_blocks": 64},
 }
+# Earlier names of a preset above: checkpoints that stored them load as that preset.
+PRESET_ALIASES = {"tuned-blocks": "recommended"}
+PRESET_NAMES = (*PRESETS, *PRESET_ALIASES)
+EARLIER_PRESET_NAMES = tuple(name for name in PRESET_NAMES if name not in ("recommended", "original"))
 assert len({frozenset(values) for values in PRESETS.values()}) == 1, "every preset must set the same options"
-DEFAULT_PRESET = "tuned-blocks"
+DEFAULT_PRESET = "recommended"
 DEFAULTS = {
     "adamra_rates": "1,2,4,8",
     "adamra_routing": "soft",
@@ -79,13 +87,15 @@ def _flag(name: str) -> str:
 def add_adamra_args(parser) -> None:
     """Adds the ``--adamra-*`` flags to an argparse parser (defaults come from the architecture)."""
     group = parser.add_argument_group("AdaMRA attention")
-    group.add_argument("--adamra-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                       help="defaults of the kernel settings below: original = the first definition (elu + 1, the "
-                            "denominator, the same everywhere), tuned = Hedgehog features and one rate in "
-                            "cross-attention, tuned-decay = tuned with a learned decay in decoder self-attention, "
-                            "tuned-taylor = tuned-decay with taylor2 features and q scaled by head_dim^-1/2 in "
-                            "cross-attention, tuned-blocks = tuned-taylor with --adamra-cross-blocks 64 "
-                            f"(default {DEFAULT_PRESET}); flags given explicitly override the preset")
+    group.add_argument("--adamra-preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, metavar="PRESET",
+                       help="defaults of the kernel settings below; flags given explicitly override them. "
+                            "recommended (the default) = what translated best: Hedgehog features in self-attention, "
+                            "a learned decay in decoder self-attention, cross-attention as a softmax over at most 64 "
+                            "source blocks (softmax attention for sources of at most 64 tokens); original = the method "
+                            "as first defined: elu + 1 features and the kernel denominator everywhere, the same rates "
+                            "in every place (translates clearly worse; for comparisons). Earlier names, kept so that "
+                            "their checkpoints load: tuned, tuned-decay, tuned-taylor (steps between the two, "
+                            "docs/method.md) and tuned-blocks (= recommended)")
     per_place_help = {
         "rates": ("R1,R2,...", str, "compression rates, one per group of heads, in head order; their number must "
                                     "divide the number of heads"),
@@ -152,14 +162,13 @@ def add_adamra_args(parser) -> None:
 
 
 def _describe_default(name: str, unset_means: str = "") -> str:
-    """The default of option ``name`` for the help text, per preset where presets differ."""
-    values = {preset: values.get(name) for preset, values in PRESETS.items() if name in values}
-    if not values:
+    """The default of option ``name`` for the help text: the default preset's, and the original preset's where it
+    differs (the earlier presets are documented in docs/method.md, not in every flag's help)."""
+    if name not in PRESETS[DEFAULT_PRESET]:
         return str(DEFAULTS.get(name, f"as {unset_means}"))
-    texts = [str(value) if value is not None else f"as {unset_means}" for value in values.values()]
-    if len(set(texts)) == 1:
-        return texts[0]
-    return ", ".join(f"{text} with preset {preset}" for preset, text in zip(values, texts))
+    texts = [str(value) if value is not None else f"as {unset_means}"
+             for value in (PRESETS[DEFAULT_PRESET][name], PRESETS["original"][name])]
+    return texts[0] if texts[0] == texts[1] else f"{texts[0]}; {texts[1]} with preset original"
 
 
 def defaults_of(preset: str) -> Dict[str, object]:
@@ -168,11 +177,11 @@ def defaults_of(preset: str) -> Dict[str, object]:
 
 
 def preset_of(args) -> str:
-    """The ``--adamra-preset`` of ``args``; AdaMRA options without a preset come from a checkpoint
-    written before presets existed, whose defaults were the ``original`` ones."""
+    """The ``--adamra-preset`` of ``args``, an earlier name resolved to the preset it names; AdaMRA options
+    without a preset come from a checkpoint written before presets existed, whose defaults were ``original``."""
     preset = getattr(args, "adamra_preset", None)
     if preset is not None:
-        return str(preset)
+        return PRESET_ALIASES.get(str(preset), str(preset))
     has_options = any(getattr(args, name, None) is not None for name in DEFAULTS)
     return "original" if has_options else DEFAULT_PRESET
 
@@ -186,7 +195,8 @@ def fill_adamra_defaults(args) -> None:
     """
     preset = preset_of(args)
     if preset not in PRESETS:
-        raise AdaMRAOptionError(f"--adamra-preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}")
+        raise AdaMRAOptionError(f"--adamra-preset {preset!r} is unknown: choose recommended (the default) or "
+                                f"original (earlier names: {', '.join(EARLIER_PRESET_NAMES)})")
     args.adamra_preset = preset
     for name, value in defaults_of(preset).items():
         if getattr(args, name, None) is None:
