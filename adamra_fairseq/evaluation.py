@@ -1,11 +1,13 @@
 """Scoring ``fairseq-generate`` output with sacreBLEU against the raw references.
 
-    python -m adamra_fairseq.evaluation --data-bin DIR --subset test GENERATE_OUTPUT [--json OUT]
+    adamra-score --data-bin DIR --subset test GENERATE_OUTPUT [--json OUT]   (or python -m adamra_fairseq.evaluation)
 
 Reads the hypotheses (``H-<id>`` lines, BPE already removed by
 ``--remove-bpe``), checks that every sentence of the subset got exactly one,
 detokenises them the way the data was tokenised (``preprocessing.json``
-written by the recipes) and prints BLEU and chrF with their signatures.
+written by the recipes) and prints BLEU and chrF with their signatures, and
+sacreBLEU's length ratio (hypothesis over reference length), so that no
+score hides how long the translations are.
 
 On a document corpus (``paragraph_separator`` in ``preprocessing.json``) it
 also scores the paragraphs split back out of each segment and, where the
@@ -80,10 +82,17 @@ def detokenize(lines: List[str], tokenizer: str, lang: str) -> List[str]:
 
 
 def _scores(hypotheses: List[str], references: List[str], lowercase: bool) -> dict:
+    """BLEU and chrF with signatures, and sacreBLEU's length ratio: hypothesis over reference length in BLEU's
+    tokens (below 1: the translations are shorter than the references, which costs chrF and BLEU's brevity
+    penalty)."""
     bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
+    bleu_score = bleu.corpus_score(hypotheses, [references])
     return {
-        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
+        "bleu": round(bleu_score.score, 2),
         "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+        "length_ratio": round(bleu_score.sys_len / bleu_score.ref_len, 3) if bleu_score.ref_len else 0.0,
+        "hyp_len": bleu_score.sys_len,
+        "ref_len": bleu_score.ref_len,
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     }
@@ -117,7 +126,8 @@ def document_scores(hypotheses: List[str], references: List[str], separator: str
         for bucket, chosen in length_buckets(lengths, (128, 256, 512, 1024, 2048, 4096, 8192)).items():
             if chosen:
                 scores = _scores([hypotheses[i] for i in chosen], [references[i] for i in chosen], lowercase)
-                buckets[bucket] = {"segments": len(chosen), "bleu": scores["bleu"], "chrf": scores["chrf"]}
+                buckets[bucket] = {"segments": len(chosen), "bleu": scores["bleu"], "chrf": scores["chrf"],
+                                   "length_ratio": scores["length_ratio"]}
         result["length_buckets"] = buckets
     return result
 
@@ -158,7 +168,7 @@ def evaluate(data_bin: str, subset: str, generate_output: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adamra_fairseq.evaluation", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="adamra-score", description=__doc__.split("\n")[0])
     parser.add_argument("--data-bin", required=True)
     parser.add_argument("--subset", default="test")
     parser.add_argument("--json", help="also write the scores to this JSON file")
@@ -172,14 +182,16 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{result['test_set']} ({result['sentences']} sentences): "
-          f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}")
+          f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  length ratio {result['length_ratio']:.3f} "
+          f"({result['hyp_len']} / {result['ref_len']})")
     if "paragraphs" in result:
         paragraphs = result["paragraphs"]
         print(f"  paragraphs split back out ({paragraphs['count']}; "
               f"{paragraphs['segments_with_other_paragraph_count']} segments with another paragraph count): "
               f"BLEU {paragraphs['bleu']:.2f}  chrF {paragraphs['chrf']:.2f}")
         for bucket, scores in result.get("length_buckets", {}).items():
-            print(f"  segments of {bucket} tokens ({scores['segments']}): BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
+            print(f"  segments of {bucket} tokens ({scores['segments']}): BLEU {scores['bleu']:.2f}  "
+                  f"chrF {scores['chrf']:.2f}  length ratio {scores['length_ratio']:.3f}")
     print(f"  BLEU signature: {result['bleu_signature']}")
     print(f"  chrF signature: {result['chrf_signature']}")
     if args.json:

@@ -138,6 +138,7 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
                   "--max-tokens", "1000", "--threads", "1", "--adamra-rates", "1,2", "--heads", "2",
                   "--out", str(out)])
     assert "[2/2] training adamra_transformer_tiny seed 1" in result.stdout
+    assert "DEBUG:" not in result.stderr  # importing fairseq must not leave matplotlib's debug lines in the report
     summary = json.loads((out / "results.json").read_text())
     for model in ("transformer", "adamra"):
         record = summary["runs"][model]["1"]
@@ -149,6 +150,9 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
         assert scores["sentences"] == 19 and "nrefs:1" in scores["bleu_signature"]
         assert f"| {model} | test-toy | {scores['bleu']:.2f} |" in (out / "report.md").read_text()
         assert "Command: `adamra-compare --data-bin " in (out / "report.md").read_text()
+        assert scores["length_ratio"] == round(scores["hyp_len"] / scores["ref_len"], 3) > 0
+        assert f"| {scores['bleu']:.2f} | {scores['chrf']:.2f} | {scores['length_ratio']:.3f} |" in (
+            out / "report.md").read_text()
         train_log = (out / model / "seed1" / "train.log").read_text()
         assert "encoder_attention_heads=2" in train_log and "decoder_attention_heads=2" in train_log
         assert "lr=[0.002]" in train_log  # the tiny size's default peak learning rate
@@ -161,7 +165,8 @@ def test_compare_script_and_ablation_table(tiny_data_bin, tmp_path):
     assert set(rows) == {"toy/adamra", "toy/transformer"}
     adamra = summary["runs"]["adamra"]["1"]
     assert f"| {dict(adamra['valid_loss'])[2]:.3f} | {adamra['valid_loss'][-1][1]:.3f} (3) |" in rows["toy/adamra"]
-    assert f"{adamra['tests']['test-toy']['bleu']:.2f} / {adamra['tests']['test-toy']['chrf']:.2f}" in rows["toy/adamra"]
+    toy = adamra['tests']['test-toy']
+    assert f"{toy['bleu']:.2f} / {toy['chrf']:.2f} / {toy['length_ratio']:.3f}" in rows["toy/adamra"]
 
     # a second run with the same flags reuses every finished step; other flags are refused, not mixed in
     flags = ["--data-bin", tiny_data_bin, "--seeds", "1", "--max-update", "3", "--validate-interval-updates", "1",

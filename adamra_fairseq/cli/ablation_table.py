@@ -79,7 +79,7 @@ def main():
         sys.exit("error: no training runs found under the given folders (expected DIR/<model>/seed<N>/train.log)")
 
     header = (["run", "seeds", f"valid loss @{args.at}", "last valid loss (update)"]
-              + [f"{name} BLEU / chrF" for name in test_sets] + ["train words/s", "train peak MB"])
+              + [f"{name} BLEU / chrF / length ratio" for name in test_sets] + ["train words/s", "train peak MB"])
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for row in rows:
         runs = list(row["runs"].values())
@@ -92,7 +92,7 @@ def main():
             scores = [run["tests"].get(name) for run in runs]
             complete = all(scores)
             cells.append(f"{fmt_values([s['bleu'] for s in scores], 2)} / {fmt_values([s['chrf'] for s in scores], 2)}"
-                         if complete else "-")
+                         f" / {fmt_values([s.get('length_ratio') for s in scores], 3)}" if complete else "-")
         cells.append(fmt_values([run.get("train_wps") for run in runs], 0))
         cells.append(fmt_values([run["peak_mb"] for run in runs], 0))
         lines.append("| " + " | ".join(cells) + " |")

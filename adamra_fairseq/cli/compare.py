@@ -413,7 +413,8 @@ def main():
             scores.update(generate_seconds=measured["seconds"], generate_peak_mb=measured["peak_mb"],
                           generate_tokens_per_s=generation_speed(generate_log))
             record["tests"][name] = scores
-            print(f"      {name}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}", flush=True)
+            print(f"      {name}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}  "
+                  f"length ratio {fmt(scores.get('length_ratio'), None, 3)}", flush=True)
         runs[model][seed] = record
         if not trained_before:
             job_minutes.append((time.time() - job_started) / 60)
@@ -431,14 +432,15 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
              *([f"The AdaMRA models are the transformers of `{args.finetune_from}` converted "
                 f"(`python -m adamra_fairseq.convert`) and fine-tuned for {budget_text}; the transformer rows are "
                 "those parents.", ""] if args.finetune_from else []),
-             "| model | test set | BLEU | chrF |", "|---|---|---:|---:|"]
+             "| model | test set | BLEU | chrF | length ratio |", "|---|---|---:|---:|---:|"]
     summary = {}
     for model, by_seed in runs.items():
         for name in test_sets.values():
             bleu = mean_spread([r["tests"][name]["bleu"] for r in by_seed.values()])
             chrf = mean_spread([r["tests"][name]["chrf"] for r in by_seed.values()])
-            summary[f"{model}|{name}"] = {"bleu": bleu, "chrf": chrf}
-            lines.append(f"| {model} | {name} | {fmt(*bleu)} | {fmt(*chrf)} |")
+            ratio = mean_spread([r["tests"][name].get("length_ratio") for r in by_seed.values()])
+            summary[f"{model}|{name}"] = {"bleu": bleu, "chrf": chrf, "length_ratio": ratio}
+            lines.append(f"| {model} | {name} | {fmt(*bleu)} | {fmt(*chrf)} | {fmt(*ratio, digits=3)} |")
     lines += ["", "| model | updates | train words/s | train peak MB | generate tokens/s | generate peak MB |",
               "|---|---:|---:|---:|---:|---:|"]
     for model, by_seed in runs.items():
@@ -453,6 +455,8 @@ def write_report(out, args, runs, test_sets, seeds, budget_text):
     first = next(iter(next(iter(runs.values())).values()))
     signature = next(iter(first["tests"].values()))
     lines += ["", f"sacreBLEU signatures: BLEU `{signature['bleu_signature']}`, chrF `{signature['chrf_signature']}`.",
+              "Length ratio: sacreBLEU's hypothesis over reference length (below 1: shorter translations; `-` for "
+              "runs scored before it was recorded).",
               "Spread is the sample standard deviation over seeds (absent with one seed)."]
     report = "\n".join(lines) + "\n"
     with open(os.path.join(out, "report.md"), "w") as handle:
@@ -484,13 +488,15 @@ def document_lines(runs, test_sets):
         buckets = sorted({bucket for _, _, scores in records for bucket in scores.get("length_buckets", {})},
                          key=lambda bucket: int(bucket.split("-")[0]))
         if buckets:
-            lines += ["", f"{name}, whole segments by length in tokens, the longer side (BLEU / chrF, segments):", "",
+            lines += ["", f"{name}, whole segments by length in tokens, the longer side (BLEU / chrF / length ratio, "
+                      "segments):", "",
                       "| model | seed | " + " | ".join(buckets) + " |", "|---|---:|" + "---:|" * len(buckets)]
             for model, seed, scores in records:
                 cells = []
                 for bucket in buckets:
                     found = scores.get("length_buckets", {}).get(bucket)
-                    cells.append(f"{found['bleu']:.2f} / {found['chrf']:.2f} ({found['segments']})" if found else "-")
+                    cells.append(f"{found['bleu']:.2f} / {found['chrf']:.2f} / {fmt(found.get('length_ratio'), None, 3)} "
+                                 f"({found['segments']})" if found else "-")
                 lines.append(f"| {model} | {seed} | " + " | ".join(cells) + " |")
     return lines
 

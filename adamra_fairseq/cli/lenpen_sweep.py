@@ -81,13 +81,13 @@ def main():
         tests = {}
         for subset, test_name in test_sets.items():
             out_txt = os.path.join(folder, f"{subset}-lenpen{best:g}.txt")
-            _, ratio = generate(args.data_bin, checkpoint, subset, best, out_txt, env)
+            generate(args.data_bin, checkpoint, subset, best, out_txt, env)
             scores_path = out_txt[:-4] + ".json"
             subprocess.run([sys.executable, "-m", "adamra_fairseq.evaluation", "--data-bin", args.data_bin,
                             "--subset", subset, "--json", scores_path, out_txt], env=env, check=True,
                            stdout=subprocess.DEVNULL)
             with open(scores_path) as handle:
-                tests[test_name] = {**json.load(handle), "length_ratio": ratio}
+                tests[test_name] = json.load(handle)  # with sacreBLEU's length ratio on the detokenised text
         results[name] = {"checkpoint": checkpoint, "valid": {f"{lenpen:g}": {"bleu": bleu, "length_ratio": ratio}
                                                             for lenpen, (bleu, ratio) in valid.items()},
                          "lenpen": best, "tests": tests}
