@@ -78,17 +78,62 @@ def test_output_lengths_counts_long_and_short_segments_against_their_references(
         "S-0\tein Satz\nT-0\tone two three four\nH-0\t-0.1\tone two three four five six\n"
         "D-0\t-0.1\tone two three four five six\n"
         "S-1\tnoch einer\nT-1\tone two three four\nH-1\t-0.2\tone\nD-1\t-0.2\tone\n"
-        "T-2\tone two\nH-2\t-0.3\tone two\nD-2\t-0.3\tone two\n",
+        "S-2\tdrei\nT-2\tone two\nH-2\t-0.3\tone two\nD-2\t-0.3\tone two\n",
         encoding="utf-8",
     )
-    result = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(generated)])
-    row = result.stdout.strip().splitlines()[-1]
+    result = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(generated),
+                  "--buckets", "1"])
+    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {generated} |")]
     # 6 + 1 + 2 hypothesis words over 4 + 4 + 2 reference words; one segment too long, one too short
-    assert row == f"| {generated} | 3 | 0.900 | 1 | 1 |"
+    assert rows[0] == f"| {generated} | 3 | 0.900 | 1 | 1 |"
+    # by source words: segment 2 has one, 0 and 1 have two; segment 1 stopped early, missing its reference's end
+    assert rows[1:] == [f"| {generated} | 1-1 | 1 | 1.000 | 0 (0.0%) | 0 | 0 |",
+                        f"| {generated} | 2+ | 2 | 0.875 | 1 (50.0%) | 1 | 0 |"]
     empty = tmp_path / "empty.txt"
     empty.write_text("S-0\tnothing else\n", encoding="utf-8")
     failed = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), str(empty)], check=False)
     assert failed.returncode != 0 and "has no T- lines" in failed.stderr.strip().splitlines()[-1]
+
+
+def test_missing_words_at_the_end_are_told_from_words_left_out_inside():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    from output_lengths import missing_at_end
+
+    reference = "open the dialog and choose a category ."
+    assert missing_at_end("open the dialog .", reference) is True  # stopped after its first words
+    assert missing_at_end("open the dialog and choose .", reference) is True
+    assert missing_at_end("open the dialog and choose a category .", reference) is None  # nothing missing
+    assert missing_at_end("open and choose a category .", reference) is False  # words left out inside
+    assert missing_at_end("Open the dialog and choose a", reference) is True  # the end is what it lacks
+    buckets = run([sys.executable, os.path.join(REPO_ROOT, "scripts", "output_lengths.py"), "--buckets", "0", "x"],
+                  check=False)
+    assert buckets.returncode != 0 and "needs positive word counts" in buckets.stderr.strip().splitlines()[-1]
+
+
+def test_end_probabilities_match_a_sentence_read_alone(tiny_adamra_checkpoint, tiny_data_bin):
+    """eos_probability reads batches with padding; each sentence read alone (no padding, fairseq's own
+    get_normalized_probs) gives the same P(eos) at every position, before and at the reference's end."""
+    from eos_probability import end_probabilities, summary
+    from profile_decode import load
+
+    model, task, dataset = load(tiny_adamra_checkpoint, tiny_data_bin, "test")
+    results = end_probabilities(model, task, dataset)
+    assert len(results) == len(dataset)
+    order = [index for batch in task.get_batch_iterator(dataset, max_tokens=4096, required_batch_size_multiple=1)
+             .next_epoch_itr(shuffle=False) for index in batch["id"].tolist()]
+    eos = task.target_dictionary.eos()
+    for (before, at_end, early), index in list(zip(results, order))[:4]:
+        item = dataset[index]
+        target = item["target"]
+        previous = torch.cat([torch.tensor([eos]), target[:-1]]).unsqueeze(0)
+        with torch.no_grad():
+            output = model(item["source"].unsqueeze(0), torch.tensor([len(item["source"])]), previous)
+            probabilities = model.get_normalized_probs(output, log_probs=False)[0]
+        assert torch.allclose(torch.tensor(before + [at_end]), probabilities[:, eos], atol=1e-5)
+        assert early == bool(probabilities[:-1].argmax(dim=-1).eq(eos).any())
+    found = summary(results)
+    assert found["sentences"] == len(dataset) and 0 < found["at_end"] <= 1
+    assert 0 <= found["could_stop_early"] <= len(dataset)
 
 
 def test_profile_decode_times_and_profiles_beam_search(tiny_adamra_checkpoint, tiny_data_bin, tmp_path):
