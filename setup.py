@@ -25,6 +25,7 @@ setup(
             "adamra-compare = adamra_fairseq.cli.compare:main",
             "adamra-lenpen-sweep = adamra_fairseq.cli.lenpen_sweep:main",
             "adamra-ablation-table = adamra_fairseq.cli.ablation_table:main",
+            "adamra-long-range = adamra_fairseq.cli.long_range:main",
             "adamra-convert = adamra_fairseq.convert:main",
             "adamra-score = adamra_fairseq.evaluation:main",
         ],

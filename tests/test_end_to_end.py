@@ -204,14 +204,15 @@ def test_console_commands_resolve_to_the_tools_and_the_module_form_still_runs():
 
     commands = {entry.name: entry for entry in entry_points(group="console_scripts") if entry.name.startswith("adamra-")}
     assert set(commands) == {"adamra-compare", "adamra-lenpen-sweep", "adamra-ablation-table", "adamra-convert",
-                             "adamra-score"}
+                             "adamra-score", "adamra-long-range"}
     for name, entry in commands.items():
         assert callable(entry.load()), name
         assert os.path.isfile(os.path.join(BIN_DIR, name)), f"{name} is not installed: run make venv"
-    from adamra_fairseq.cli import ablation_table, compare, lenpen_sweep
+    from adamra_fairseq.cli import ablation_table, compare, lenpen_sweep, long_range
 
     assert commands["adamra-compare"].load() is compare.main
     assert commands["adamra-lenpen-sweep"].load() is lenpen_sweep.main
     assert commands["adamra-ablation-table"].load() is ablation_table.main
+    assert commands["adamra-long-range"].load() is long_range.main
     usage = run([sys.executable, "-m", "adamra_fairseq.cli.ablation_table", "--help"]).stdout
     assert usage.startswith("usage: ") and "LABEL=DIR" in usage

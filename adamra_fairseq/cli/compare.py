@@ -190,9 +190,10 @@ def previous_training_hours(checkpoint):
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
 
 
-def parse_training_log(path):
-    """Validation loss by update and by minutes since the log's first timestamped line, mean training
-    words/s of the logged intervals, final update count."""
+def parse_training_log(path, metric="loss"):
+    """Validation ``metric`` (loss, accuracy, ...) by update and by minutes since the log's first timestamped
+    line (keys ``valid_METRIC`` and ``valid_METRIC_minutes``), mean training words/s of the logged intervals,
+    final update count."""
     curve, by_minutes, wps, updates, first = [], [], [], 0, None
     with open(path, errors="replace") as handle:
         for line in handle:
@@ -202,18 +203,18 @@ def parse_training_log(path):
             for step in re.findall(r"num_updates[= ](\d+)", line):  # train_inner, epoch and valid lines
                 updates = max(updates, int(step))
             if "| valid on 'valid' subset" in line:
-                loss = re.search(r"\| loss " + _FLOAT, line)
+                value = re.search(rf"\| {metric} " + _FLOAT, line)
                 step = re.search(r"\| num_updates (\d+)", line)
-                if loss and step:
-                    curve.append((int(step.group(1)), float(loss.group(1))))
+                if value and step:
+                    curve.append((int(step.group(1)), float(value.group(1))))
                     if stamp:
                         elapsed = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S") - first
-                        by_minutes.append((round(elapsed.total_seconds() / 60, 2), float(loss.group(1))))
+                        by_minutes.append((round(elapsed.total_seconds() / 60, 2), float(value.group(1))))
             elif "train_inner" in line:
                 speed = re.search(r"wps=" + _FLOAT, line)
                 if speed:
                     wps.append(float(speed.group(1)))
-    return {"valid_loss": curve, "valid_loss_minutes": by_minutes,
+    return {f"valid_{metric}": curve, f"valid_{metric}_minutes": by_minutes,
             "train_wps": statistics.mean(wps) if wps else None, "updates": updates}
 
 

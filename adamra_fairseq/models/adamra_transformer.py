@@ -1,6 +1,6 @@
 """The ``adamra_transformer`` model: fairseq's transformer with AdaMRA attention layers."""
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from fairseq.models import register_model, register_model_architecture
@@ -78,12 +78,17 @@ class AdaMRATransformerModel(TransformerModel):
         return torch.stack(losses).sum() if losses else None
 
 
-def _validated(args) -> None:
-    """Fills the AdaMRA defaults and stops the command with one line if a value is bad."""
+def check_translation_options(args) -> None:
+    """AdaMRAOptionError unless the ``--adamra-*`` values suit a translation model."""
+    parse_adamra_options(args)
+    check_balance_criterion(args)
+
+
+def validated_or_exit(args, check: Callable = check_translation_options) -> None:
+    """Fills the AdaMRA defaults and stops the command with one line if ``check`` finds a bad value."""
     fill_adamra_defaults(args)
     try:
-        parse_adamra_options(args)
-        check_balance_criterion(args)
+        check(args)
     except AdaMRAOptionError as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -91,24 +96,24 @@ def _validated(args) -> None:
 @register_model_architecture("adamra_transformer", "adamra_transformer")
 def adamra_base_architecture(args):
     base_architecture(args)
-    _validated(args)
+    validated_or_exit(args)
 
 
 @register_model_architecture("adamra_transformer", "adamra_transformer_iwslt_de_en")
 def adamra_transformer_iwslt_de_en(args):
     transformer_iwslt_de_en(args)
-    _validated(args)
+    validated_or_exit(args)
 
 
 @register_model_architecture("adamra_transformer", "adamra_transformer_wmt_en_de")
 def adamra_transformer_wmt_en_de(args):
     transformer_wmt_en_de(args)
-    _validated(args)
+    validated_or_exit(args)
 
 
-def _set_sizes(args, embed_dim: int, ffn_dim: int, heads: int, layers: int) -> None:
-    """The same sizes for encoder and decoder, where the command line did not set them."""
-    for side in ("encoder", "decoder"):
+def set_sizes(args, sides: Sequence[str], embed_dim: int, ffn_dim: int, heads: int, layers: int) -> None:
+    """The same sizes for each of ``sides`` (``encoder``, ``decoder``), where the command line did not set them."""
+    for side in sides:
         for name, value in (("embed_dim", embed_dim), ("ffn_embed_dim", ffn_dim),
                             ("attention_heads", heads), ("layers", layers)):
             setattr(args, f"{side}_{name}", getattr(args, f"{side}_{name}", value))
@@ -116,19 +121,19 @@ def _set_sizes(args, embed_dim: int, ffn_dim: int, heads: int, layers: int) -> N
 
 def tiny_sizes(args):
     """A 2+2-layer, 128-wide model for CPU demos and tests (8 heads of 16, so that 1,2,4,8 fits)."""
-    _set_sizes(args, embed_dim=128, ffn_dim=256, heads=8, layers=2)
+    set_sizes(args, ("encoder", "decoder"), embed_dim=128, ffn_dim=256, heads=8, layers=2)
 
 
 def small_sizes(args):
     """A 3+3-layer, 256-wide model with 4 heads of 64 (the head width of real MT models), FFN 1024."""
-    _set_sizes(args, embed_dim=256, ffn_dim=1024, heads=4, layers=3)
+    set_sizes(args, ("encoder", "decoder"), embed_dim=256, ffn_dim=1024, heads=4, layers=3)
 
 
 @register_model_architecture("adamra_transformer", "adamra_transformer_tiny")
 def adamra_transformer_tiny(args):
     tiny_sizes(args)
     base_architecture(args)
-    _validated(args)
+    validated_or_exit(args)
 
 
 @register_model_architecture("transformer", "transformer_adamra_tiny_baseline")
@@ -142,7 +147,7 @@ def transformer_adamra_tiny_baseline(args):
 def adamra_transformer_small(args):
     small_sizes(args)
     base_architecture(args)
-    _validated(args)
+    validated_or_exit(args)
 
 
 @register_model_architecture("transformer", "transformer_adamra_small_baseline")

@@ -25,10 +25,14 @@ class ResolutionGate(nn.Module):
         self.heads_per_rate = heads_per_rate
         self.routing = routing
         self.proj = nn.Linear(embed_dim, num_rates) if num_rates > 1 else None
+        self.reset_parameters()
+        self.balance_loss: Optional[torch.Tensor] = None
+
+    def reset_parameters(self):
+        """W = 0 and b = 0: the gate starts uniform over the rates."""
         if self.proj is not None:
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
-        self.balance_loss: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """``x`` ``(..., C)`` -> per-head scales ``(..., H)``, or None when there is one rate."""
