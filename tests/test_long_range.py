@@ -239,3 +239,20 @@ def test_long_range_tool_trains_tests_and_reports_the_models(listops_data_bin, t
     bad = run([os.path.join(BIN_DIR, "adamra-long-range"), "--data-bin", listops_data_bin, "--models", "adamra,x",
                "--out", str(out)], check=False)
     assert bad.returncode == 2 and "unknown x" in bad.stderr
+
+
+def test_help_module_recipe_builds_a_data_bin_and_keeps_an_existing_one(tmp_path):
+    fake_help_tree(tmp_path / "extracted")
+    script = os.path.join(REPO_ROOT, "examples/long_range/prepare-help-modules.sh")
+    flags = ["--root", str(tmp_path / "extracted"), "--out", str(tmp_path / "help"), "--modules", "sbasic,scalc",
+             "--min-bytes", "200", "--max-bytes", "400", "--valid-percent", "25", "--test-percent", "25"]
+    run(["bash", script, *flags])
+    data_bin = tmp_path / "help" / "data-bin"
+    assert json.load(open(data_bin / "task.json"))["num_classes"] == 2
+    assert sorted(line.split()[0] for line in open(data_bin / "label" / "dict.txt")) == ["sbasic", "scalc"]
+    before = (data_bin / "input0" / "train.bin").read_bytes()
+    again = run(["bash", script, *flags], check=False)
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert (data_bin / "input0" / "train.bin").read_bytes() == before
+    missing = run(["bash", script, "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], check=False)
+    assert missing.returncode == 2 and "prepare-debian-de-en.sh" in missing.stderr
