@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 
-from .compare import REPO_ROOT, fail, fairseq_command, fmt, mean_spread, parse_training_log, run_step
+from .compare import _FLOAT, REPO_ROOT, fail, fairseq_command, fmt, mean_spread, parse_training_log, run_step
 from .progress import TrainingWatcher
 
 ARCHS = {"tiny": ("roberta_adamra_tiny_baseline", "adamra_roberta_tiny"),
@@ -47,7 +47,6 @@ MODELS = {
     "ladder": ["--adamra-rates", "1,4,16,64"],
     "top1": ["--adamra-routing", "top1"],
 }
-_FLOAT = r"([0-9.eE+-]+)"
 
 
 def read_task(data_bin):

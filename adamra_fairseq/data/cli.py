@@ -21,8 +21,6 @@ import sys
 from .corpus import CorpusError, check_parallel, count_lines, split_pairs, write_parallel
 from . import ding, documents, iwslt, libreoffice, text
 
-LIBREOFFICE_EN = "usr/share/libreoffice/help/en-US"
-LIBREOFFICE_DE = "usr/share/libreoffice/help/de"
 DING_FILE = "usr/share/trans/de-en"
 
 
@@ -35,8 +33,8 @@ def _pairs_in_order(files):
 
 def _libreoffice_roots(root: str):
     """The English and German help folders under an extraction root; a clear error if missing."""
-    en_root = os.path.join(root, LIBREOFFICE_EN)
-    de_root = os.path.join(root, LIBREOFFICE_DE)
+    en_root = os.path.join(root, libreoffice.HELP_ROOT_EN)
+    de_root = os.path.join(root, libreoffice.HELP_ROOT_DE)
     for required in (en_root, de_root):
         if not os.path.isdir(required):
             raise CorpusError(f"missing directory: {required} (extract libreoffice-help-en-us and libreoffice-help-de there)")

@@ -27,10 +27,10 @@ import zlib
 from collections import Counter
 from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
-from .classification import write_split
-from .libreoffice import html_files, paragraphs_of
+from .corpus import write_parallel
+from .libreoffice import HELP_ROOT_DE, HELP_ROOT_EN, html_files, paragraphs_of
 
-HELP_ROOTS = {"en": "usr/share/libreoffice/help/en-US", "de": "usr/share/libreoffice/help/de"}
+HELP_ROOTS = {"en": HELP_ROOT_EN, "de": HELP_ROOT_DE}
 DEFAULT_MODULES = ("sbasic", "scalc", "simpress", "swriter")
 SPLITS = ("train", "valid", "test")
 
@@ -129,8 +129,9 @@ def main(argv=None) -> int:
     except HelpTaskError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    os.makedirs(args.out, exist_ok=True)
     for split, found in examples.items():
-        write_split(args.out, split, found)
+        write_parallel(found, os.path.join(args.out, split), "input0", "label")
         counts = Counter(label for _, label in found)
         print(f"{split}: {len(found)} passages; " + ", ".join(f"{module} {counts[module]}" for module in modules))
     return 0

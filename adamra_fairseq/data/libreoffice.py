@@ -12,6 +12,9 @@ from html.parser import HTMLParser
 from typing import Dict, Iterator, List, Tuple
 
 # Elements whose text content is one translation unit when they carry an id.
+# Where the two packages put their help trees, relative to the folder they were extracted into.
+HELP_ROOT_EN = "usr/share/libreoffice/help/en-US"
+HELP_ROOT_DE = "usr/share/libreoffice/help/de"
 _UNIT_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "td", "li"}
 _SPACES = re.compile(r"\s+")
 

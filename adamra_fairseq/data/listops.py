@@ -20,12 +20,13 @@ in 8); the Long Range Arena's sizes are ``--train 96000 --valid 2000 --test
 """
 
 import argparse
+import os
 import random
 import statistics
 import sys
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from .classification import write_split
+from .corpus import write_parallel
 
 CLOSE = "]"
 OPERATORS: Dict[str, Callable[[Sequence[int]], int]] = {
@@ -140,11 +141,13 @@ def write_splits(out: str, counts: Dict[str, int], min_length: int, max_length: 
                  **settings) -> Dict[str, List[int]]:
     """Writes ``SPLIT.input0`` / ``SPLIT.label`` for each split (no expression in two splits); returns the
     labels per split."""
+    os.makedirs(out, exist_ok=True)
     labels, used = {}, set()
     for offset, (split, count) in enumerate(counts.items()):
         examples = generate(count, min_length, max_length, seed * 1000 + offset, exclude=frozenset(used), **settings)
         used.update(" ".join(tokens) for tokens, _ in examples)
-        write_split(out, split, [(" ".join(tokens), value) for tokens, value in examples])
+        write_parallel([(" ".join(tokens), str(value)) for tokens, value in examples], os.path.join(out, split),
+                       "input0", "label")
         labels[split] = [value for _, value in examples]
     return labels
 

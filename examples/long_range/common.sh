@@ -20,3 +20,19 @@ binarise_classification() {
     longest=$(awk '{ if (NF > n) n = NF } END { print n }' "$raw"/*.input0)
     printf '{"num_classes": %d, "max_positions": %d}\n' "$classes" "$((longest + 2))" > "$out/task.json"
 }
+
+# build_classification_task OUT MODULE ARGS...: python -m adamra_fairseq.data.MODULE --out OUT/raw ARGS...
+# (generated again each time, so that the binarised folder matches the flags), then OUT/data-bin;
+# an existing OUT/data-bin is never overwritten.
+build_classification_task() {
+    local out="$1"
+    RAW_MODULE="$2"; shift 2; RAW_ARGS=("$@")
+    [ -e "$out/data-bin" ] && die "$out/data-bin exists: pass another --out, or delete it to rebuild"
+    rm -rf "$out/raw"
+    step "$out/raw" make_raw_task
+    step "$out/data-bin" binarise_classification "$out/raw"
+    echo "done: $out/data-bin ($(cat "$out/data-bin/task.json"))"
+}
+make_raw_task() {  # DIR: the raw split files of the task named by RAW_MODULE / RAW_ARGS
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m "adamra_fairseq.data.$RAW_MODULE" --out "$1" "${RAW_ARGS[@]}"
+}

@@ -21,12 +21,4 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -d "$ROOT" ] || die "no $ROOT: run examples/translation/prepare-debian-de-en.sh first, or pass --root"
-[ -e "$OUT/data-bin" ] && die "$OUT/data-bin exists: pass another --out, or delete it to rebuild"
-make_raw() {
-    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m adamra_fairseq.data.help_modules --root "$ROOT" \
-        --out "$1" "${ARGS[@]}"
-}
-rm -rf "$OUT/raw"
-step "$OUT/raw" make_raw
-step "$OUT/data-bin" binarise_classification "$OUT/raw"
-echo "done: $OUT/data-bin ($(cat "$OUT/data-bin/task.json"))"
+build_classification_task "$OUT" help_modules --root "$ROOT" "${ARGS[@]}"

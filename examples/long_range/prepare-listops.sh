@@ -18,9 +18,4 @@ while [ $# -gt 0 ]; do
         *) ARGS+=("$1"); shift ;;
     esac
 done
-[ -e "$OUT/data-bin" ] && die "$OUT/data-bin exists: pass another --out, or delete it to rebuild"
-make_raw() { PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m adamra_fairseq.data.listops --out "$1" "${ARGS[@]}"; }
-rm -rf "$OUT/raw"  # generated again from the flags: the binarised folder must match them
-step "$OUT/raw" make_raw
-step "$OUT/data-bin" binarise_classification "$OUT/raw"
-echo "done: $OUT/data-bin ($(cat "$OUT/data-bin/task.json"))"
+build_classification_task "$OUT" listops "${ARGS[@]}"
